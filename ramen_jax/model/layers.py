@@ -1,0 +1,266 @@
+"""Basic layers shared by the encoder and decoder: Dense, LayerNorm, MLP and the pre-norm ViT block.
+
+Parameters carry logical axis names (``embed``, ``mlp``, ``heads``, ...) in their
+``out_sharding`` metadata; the training config maps them to mesh axes. Initialisers follow the
+original PyTorch modules (``nn.Linear`` default: U(+-1/sqrt(fan_in)) for weight and bias), so a
+model trained from scratch starts from the same distribution as the original.
+
+Compute dtype: every layer casts its parameters to ``dtype`` (``None`` = the input dtype), and
+normalisation statistics are always computed in at least float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def uniform_init(bound: float):
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def normal_init(std: float):
+    def init(key, shape, dtype=jnp.float32):
+        return std * jax.random.normal(key, shape, dtype)
+
+    return init
+
+
+def trunc_normal_init(std: float):
+    """timm's ``trunc_normal_(std)``: N(0, std) truncated at +-2 (absolute, not in stds)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        lower, upper = -2.0 / std, 2.0 / std
+        return std * jax.random.truncated_normal(key, lower, upper, shape, dtype)
+
+    return init
+
+
+def param(rngs: nnx.Rngs, init, shape, axes, dtype=jnp.float32) -> nnx.Param:
+    return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=tuple(axes))
+
+
+def compute_dtype(dtype, x):
+    return dtype if dtype is not None else x.dtype
+
+
+def stats_dtype(x):
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
+class Dense(nnx.Module):
+    """``y = x @ kernel + bias`` with kernel ``[in, out]`` (PyTorch stores ``[out, in]``)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        rngs: nnx.Rngs,
+        axes=("embed", "mlp"),
+        use_bias: bool = True,
+        dtype=None,
+        param_dtype=jnp.float32,
+        kernel_init=None,
+    ):
+        bound = 1.0 / math.sqrt(in_features)
+        self.kernel = param(
+            rngs, kernel_init or uniform_init(bound), (in_features, out_features), axes, param_dtype
+        )
+        self.bias = (
+            param(rngs, uniform_init(bound), (out_features,), axes[1:], param_dtype)
+            if use_bias
+            else None
+        )
+        self.dtype = dtype
+
+    def __call__(self, x):
+        dtype = compute_dtype(self.dtype, x)
+        y = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(dtype)
+        return y
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm over the last axis, biased variance (two-pass), affine."""
+
+    def __init__(
+        self,
+        features: int,
+        *,
+        epsilon: float,
+        rngs: nnx.Rngs | None = None,
+        axis_name: str = "embed",
+        param_dtype=jnp.float32,
+        dtype=None,
+    ):
+        del rngs
+        self.scale = nnx.Param(jnp.ones((features,), param_dtype), out_sharding=(axis_name,))
+        self.bias = nnx.Param(jnp.zeros((features,), param_dtype), out_sharding=(axis_name,))
+        self.epsilon = epsilon
+        self.dtype = dtype
+
+    def __call__(self, x):
+        out_dtype = compute_dtype(self.dtype, x)
+        xs = x.astype(stats_dtype(x))
+        mean = jnp.mean(xs, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(xs - mean), axis=-1, keepdims=True)
+        y = (xs - mean) * jax.lax.rsqrt(var + self.epsilon)
+        y = y * self.scale[...].astype(y.dtype) + self.bias[...].astype(y.dtype)
+        return y.astype(out_dtype)
+
+
+def gelu(x):
+    return jax.nn.gelu(x, approximate=False)
+
+
+class Mlp(nnx.Module):
+    """timm ``Mlp``: fc1 -> exact GELU -> fc2."""
+
+    def __init__(
+        self, features: int, hidden: int, *, rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32
+    ):
+        self.fc1 = Dense(
+            features, hidden, rngs=rngs, axes=("embed", "mlp"), dtype=dtype, param_dtype=param_dtype
+        )
+        self.fc2 = Dense(
+            hidden, features, rngs=rngs, axes=("mlp", "embed"), dtype=dtype, param_dtype=param_dtype
+        )
+
+    def __call__(self, x):
+        return self.fc2(gelu(self.fc1(x)))
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention with a fused qkv projection (timm ``Attention``).
+
+    ``implementation`` is passed to ``jax.nn.dot_product_attention`` (``None`` lets JAX pick:
+    cuDNN on GPU where it applies, XLA elsewhere).
+    """
+
+    def __init__(
+        self,
+        features: int,
+        num_heads: int,
+        *,
+        rngs: nnx.Rngs,
+        dtype=None,
+        param_dtype=jnp.float32,
+        implementation: str | None = None,
+    ):
+        if features % num_heads:
+            raise ValueError(f"width {features} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.qkv = Dense(
+            features,
+            3 * features,
+            rngs=rngs,
+            axes=("embed", "qkv"),
+            dtype=dtype,
+            param_dtype=param_dtype,
+        )
+        self.proj = Dense(
+            features,
+            features,
+            rngs=rngs,
+            axes=("heads", "embed"),
+            dtype=dtype,
+            param_dtype=param_dtype,
+        )
+        self.implementation = implementation
+
+    def __call__(self, x, key_mask=None):
+        """x: ``[..., L, D]``; key_mask: bool ``[..., L]`` (True = attend) or None."""
+        *lead, length, width = x.shape
+        head_dim = width // self.num_heads
+        qkv = self.qkv(x).reshape(*lead, length, 3, self.num_heads, head_dim)
+        q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+        batch = math.prod(lead)
+        q, k, v = (t.reshape(batch, length, self.num_heads, head_dim) for t in (q, k, v))
+        mask = None
+        if key_mask is not None:
+            mask = key_mask.reshape(batch, 1, 1, length)
+        out = attention(q, k, v, mask, self.implementation)
+        return self.proj(out.reshape(*lead, length, width))
+
+
+def attention(q, k, v, mask, implementation=None):
+    """Scaled dot-product attention on ``[B, L, heads, head_dim]``; mask ``[B, 1, 1, L]``.
+
+    ``jax.nn.dot_product_attention`` computes the softmax in float32 whatever the input dtype,
+    which is what we want for bf16/f32, but would round a float64 run (the parity tests) to
+    float32; float64 inputs therefore take an einsum path with the softmax in float64.
+    """
+    if q.dtype != jnp.float64:
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
+    if mask is not None:
+        scores = jnp.where(mask, scores, -jnp.inf)
+    return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v)
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block (timm ``Block``): ``x + attn(norm1 x)``, ``x + mlp(norm2 x)``."""
+
+    def __init__(
+        self,
+        features: int,
+        num_heads: int,
+        *,
+        mlp_ratio: float = 4.0,
+        norm_eps: float = 1e-6,
+        rngs: nnx.Rngs,
+        dtype=None,
+        param_dtype=jnp.float32,
+        attention_impl: str | None = None,
+    ):
+        self.norm1 = LayerNorm(features, epsilon=norm_eps, param_dtype=param_dtype, dtype=dtype)
+        self.attn = Attention(
+            features,
+            num_heads,
+            rngs=rngs,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            implementation=attention_impl,
+        )
+        self.norm2 = LayerNorm(features, epsilon=norm_eps, param_dtype=param_dtype, dtype=dtype)
+        self.mlp = Mlp(
+            features, int(features * mlp_ratio), rngs=rngs, dtype=dtype, param_dtype=param_dtype
+        )
+
+    def __call__(self, x, key_mask=None):
+        x = x + self.attn(self.norm1(x), key_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class ProjectorMlp(nnx.Module):
+    """The channel projectors' MLP: Linear(D, 2D) -> GELU -> Linear(2D, D) -> LayerNorm(1e-5)."""
+
+    def __init__(self, features: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32, dtype=None):
+        self.fc1 = Dense(
+            features,
+            2 * features,
+            rngs=rngs,
+            axes=("embed", "mlp"),
+            param_dtype=param_dtype,
+            dtype=dtype,
+        )
+        self.fc2 = Dense(
+            2 * features,
+            features,
+            rngs=rngs,
+            axes=("mlp", "embed"),
+            param_dtype=param_dtype,
+            dtype=dtype,
+        )
+        self.norm = LayerNorm(features, epsilon=1e-5, param_dtype=param_dtype, dtype=dtype)
+
+    def __call__(self, x):
+        return self.norm(self.fc2(gelu(self.fc1(x))))
