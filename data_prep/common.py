@@ -1,0 +1,664 @@
+"""Shared machinery of the dataset converters (``python -m data_prep.<name>``).
+
+Owns:
+
+- the record contract: ``Modality`` / ``DatasetSpec`` -> TFDS features (every modality ``m`` is a
+  ``[T, H, W, C]`` tensor plus ``m_dates``, int32 day-of-year ``[T]``), zero-filled missing
+  modalities, and the check of every example against its spec;
+- ``ChunkBuilder``, the TFDS ``GeneratorBasedBuilder`` each dataset subclasses. One instance writes
+  one *chunk* (a slice of one split) as a single ArrayRecord shard with ``download_and_prepare``,
+  which commits it atomically (TFDS writes into an ``incomplete.*`` folder and renames it);
+- ``convert``: plans the chunks, builds the pending ones (optionally in worker processes), then
+  finalises: moves the shards into ``OUT``, writes ``stats.json`` and finally
+  ``dataset_info.json`` + ``features.json`` (their presence marks a finished dataset);
+- resuming: ``OUT/_work/plan.json`` fingerprints the chunk plan, and
+  ``OUT/_work/chunks/<chunk>.json`` (written atomically once the chunk's shard is committed) marks
+  a chunk done and holds its statistics. A rerun skips done chunks and discards what an
+  interrupted chunk left behind;
+- per-channel statistics (``ChannelStats``, exact parallel merge of count / mean / M2);
+- ``load_split`` / ``load_stats`` for the input pipeline (no converter import needed), and the
+  command-line flags shared by the converters.
+
+A ``Source`` (one per dataset) reads the published on-disk format and yields examples; reading
+problems are raised as ``SourceError`` naming the offending path, and ``--on-error`` decides
+whether the run stops or skips that source item.
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent import futures
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.errors
+import tensorflow_datasets as tfds
+from tensorflow_datasets.core import naming
+from tensorflow_datasets.core import splits as splits_lib
+
+VERSION = "1.0.0"
+STATS_FILE = "stats.json"
+INFO_FILES = ("features.json", "dataset_info.json")  # dataset_info.json last: the commit point
+WORK_DIR = "_work"
+TRAIN = "train"
+DATES_SUFFIX = "_dates"
+NO_DATE = 1  # day-of-year stored where the source has no acquisition date
+ON_ERROR_CHOICES = ("stop", "skip")
+
+log = logging.getLogger("data_prep")
+
+
+class SourceError(Exception):
+    """A source file is missing, unreadable or not in the published layout."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(str(path), reason)  # both in args, so the error pickles across processes
+        self.path, self.reason = str(path), reason
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Modality:
+    """One modality of a dataset as stored in the records.
+
+    ``channels`` are the descriptors configs/base.py uses (wavelength in nm, or SAR / DEM key);
+    ``gsd`` (m/pixel) documents the native resolution. Records hold ``[T, side, side, C]`` arrays
+    of ``dtype`` with T = 1 unless ``time_series``.
+    """
+
+    name: str
+    channels: tuple
+    gsd: float
+    side: int
+    dtype: type
+    time_series: bool = False
+
+    @property
+    def shape(self) -> tuple:
+        return (None if self.time_series else 1, self.side, self.side, len(self.channels))
+
+    def missing(self) -> tuple[np.ndarray, np.ndarray]:
+        """Data and dates stored for a sample that lacks this modality: zeros, one time step."""
+        zeros = np.zeros((1, self.side, self.side, len(self.channels)), self.dtype)
+        return zeros, np.full((1,), NO_DATE, np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What the records of one dataset hold, and how big its chunks are by default."""
+
+    name: str
+    description: str
+    homepage: str
+    modalities: tuple[Modality, ...]
+    chunk_size: int  # source items per chunk (one shard per chunk)
+    text_fields: tuple[str, ...] = ()
+    int_fields: tuple[str, ...] = ()
+
+    def features(self) -> tfds.features.FeaturesDict:
+        fields = {"id": tfds.features.Text()}
+        for modality in self.modalities:
+            fields[modality.name] = tfds.features.Tensor(
+                shape=modality.shape, dtype=modality.dtype, encoding="zlib"
+            )
+            fields[modality.name + DATES_SUFFIX] = tfds.features.Tensor(
+                shape=modality.shape[:1], dtype=np.int32
+            )
+        fields.update({name: tfds.features.Text() for name in self.text_fields})
+        fields.update({name: tfds.features.Scalar(dtype=np.int64) for name in self.int_fields})
+        return tfds.features.FeaturesDict(fields)
+
+    def check(self, example: Mapping, where: str) -> None:
+        """Raises ``SourceError`` unless ``example`` matches this spec exactly."""
+        expected = {"id", *self.text_fields, *self.int_fields}
+        for modality in self.modalities:
+            expected |= {modality.name, modality.name + DATES_SUFFIX}
+            data, dates = example.get(modality.name), example.get(modality.name + DATES_SUFFIX)
+            if data is None or dates is None:
+                continue  # reported below as a missing key
+            steps, *rest = data.shape
+            if (
+                tuple(rest) != modality.shape[1:]
+                or data.dtype != modality.dtype
+                or steps < 1
+                or (steps != 1 and not modality.time_series)
+            ):
+                raise SourceError(
+                    where,
+                    f"{modality.name}: got {data.dtype}{list(data.shape)}, expected "
+                    f"{np.dtype(modality.dtype)}{list(modality.shape)}",
+                )
+            if dates.shape != (steps,) or dates.dtype != np.int32:
+                raise SourceError(where, f"{modality.name}: dates {dates.dtype}{list(dates.shape)}")
+            if not np.all((dates >= 1) & (dates <= 366)):
+                raise SourceError(where, f"{modality.name}: day-of-year outside 1..366: {dates}")
+        if set(example) != expected:
+            raise SourceError(where, f"example keys {sorted(example)} != {sorted(expected)}")
+
+
+def day_of_year(day: date) -> int:
+    return day.timetuple().tm_yday
+
+
+def channels_last(array: np.ndarray) -> np.ndarray:
+    """``[..., C, H, W]`` -> ``[..., H, W, C]``."""
+    return np.moveaxis(array, -3, -1)
+
+
+def as_stored_dtype(array: np.ndarray, dtype: type, path) -> np.ndarray:
+    """Casts to the record dtype, refusing casts that would change a value."""
+    if array.dtype == dtype:
+        return array
+    cast = array.astype(dtype)
+    if not np.array_equal(cast.astype(array.dtype), array, equal_nan=True):
+        raise SourceError(path, f"{array.dtype} values do not fit {np.dtype(dtype)} losslessly")
+    return cast
+
+
+def read_geotiff(path: Path) -> np.ndarray:
+    """All bands of a GeoTIFF as ``[bands, H, W]`` in the file's dtype."""
+    try:
+        with rasterio.open(path) as raster:
+            return raster.read()
+    except (rasterio.errors.RasterioError, OSError) as error:
+        raise SourceError(path, str(error)) from error
+
+
+class ChannelStats:
+    """Per-channel count, mean and M2 (sum of squared deviations) of the valid values seen.
+
+    Valid values are finite values of (time step, channel) planes that are not entirely zero:
+    all-zero planes are absent data (a zero-filled missing modality, the empty B10 band of
+    Sentinel-2 L2A), which the original's normalisation leaves untouched as well. Batches are
+    merged with the exact parallel formula (Chan et al.), so the result does not depend on how
+    the data was chunked.
+    """
+
+    def __init__(self, channels: int):
+        self.count = np.zeros(channels, np.int64)
+        self.mean = np.zeros(channels, np.float64)
+        self.m2 = np.zeros(channels, np.float64)
+        self.examples = 0
+
+    def add(self, array: np.ndarray) -> None:
+        """Adds one ``[T, H, W, C]`` array."""
+        planes = np.moveaxis(array, -1, 1).reshape(array.shape[0], array.shape[-1], -1)
+        valid = np.isfinite(planes) & np.any(planes != 0, axis=2, keepdims=True)
+        values = np.where(valid, planes, 0).astype(np.float64)
+        count = valid.sum(axis=(0, 2))
+        mean = values.sum(axis=(0, 2)) / np.maximum(count, 1)
+        m2 = (np.where(valid, values - mean[None, :, None], 0) ** 2).sum(axis=(0, 2))
+        self._merge(count, mean, m2)
+        self.examples += int(count.sum() > 0)
+
+    def merge(self, other: ChannelStats) -> None:
+        self._merge(other.count, other.mean, other.m2)
+        self.examples += other.examples
+
+    def _merge(self, count: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> None:
+        total = self.count + count
+        share = np.divide(count, total, out=np.zeros_like(self.mean), where=total > 0)
+        delta = mean - self.mean
+        self.mean = self.mean + delta * share
+        self.m2 = self.m2 + m2 + delta**2 * self.count * share
+        self.count = total
+
+    def to_json(self) -> dict:
+        return {
+            "count": self.count.tolist(),
+            "mean": self.mean.tolist(),
+            "m2": self.m2.tolist(),
+            "examples": self.examples,
+        }
+
+    @classmethod
+    def from_json(cls, state: Mapping) -> ChannelStats:
+        stats = cls(len(state["count"]))
+        stats.count = np.asarray(state["count"], np.int64)
+        stats.mean = np.asarray(state["mean"], np.float64)
+        stats.m2 = np.asarray(state["m2"], np.float64)
+        stats.examples = int(state["examples"])
+        return stats
+
+    def summary(self) -> dict:
+        """``stats.json`` entry: population std; channels never observed get mean 0, std 1."""
+        seen = self.count > 0
+        std = np.sqrt(np.divide(self.m2, self.count, out=np.ones_like(self.m2), where=seen))
+        return {
+            "mean": np.where(seen, self.mean, 0.0).tolist(),
+            "std": std.tolist(),
+            "count": self.examples,
+        }
+
+
+class Source(abc.ABC):
+    """Reads one dataset in its published layout. Items are JSON-able keys of source units."""
+
+    examples_per_item = 1
+
+    @abc.abstractmethod
+    def items(self, split: str) -> list:
+        """Source items of a split, in a deterministic order."""
+
+    @abc.abstractmethod
+    def examples(self, item) -> Iterator[tuple[str, dict]]:
+        """(unique key, example) pairs of one item; raises ``SourceError`` on bad input."""
+
+    @abc.abstractmethod
+    def describe(self, item) -> str:
+        """Where an item comes from, for error messages."""
+
+    def stats_key(self, modality: str, example: Mapping) -> str:
+        """Name of the statistics entry that ``example[modality]`` contributes to."""
+        del example
+        return modality
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    split: str
+    index: int
+    items: tuple
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.index:05d}"
+
+
+def plan_chunks(items_by_split: Mapping[str, Sequence], chunk_size: int) -> list[Chunk]:
+    return [
+        Chunk(split, index, tuple(items[start : start + chunk_size]))
+        for split, items in items_by_split.items()
+        for index, start in enumerate(range(0, len(items), chunk_size))
+    ]
+
+
+class ChunkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """TFDS builder of one chunk; datasets subclass it with their ``name`` and ``SPEC``."""
+
+    VERSION = tfds.core.Version(VERSION)
+    SPEC: DatasetSpec
+
+    def __init__(self, *, source: Source | None, chunk: Chunk | None, on_error: str, **kwargs):
+        self._source, self._chunk, self._on_error = source, chunk, on_error
+        self.stats: dict[str, ChannelStats] = {}
+        self.skipped: list[str] = []
+        self.num_examples = 0
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=self.SPEC.description,
+            homepage=self.SPEC.homepage,
+            features=self.SPEC.features(),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # sources are local files
+        return {self._chunk.split: self._generate_examples()}
+
+    def _generate_examples(self):
+        for item in self._chunk.items:
+            try:
+                examples = list(self._source.examples(item))  # all examples of an item, or none
+                for _, example in examples:
+                    self.SPEC.check(example, self._source.describe(item))
+            except SourceError as error:
+                if self._on_error == "stop":
+                    raise
+                log.warning("skipped %s", error)
+                self.skipped.append(str(error))
+                continue
+            for key, example in examples:
+                if self._chunk.split == TRAIN:
+                    self._add_to_stats(example)
+                self.num_examples += 1
+                yield key, example
+
+    def _add_to_stats(self, example: Mapping) -> None:
+        for modality in self.SPEC.modalities:
+            key = self._source.stats_key(modality.name, example)
+            stats = self.stats.setdefault(key, ChannelStats(len(modality.channels)))
+            stats.add(example[modality.name])
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def _checksums_path(cls):
+        # Local files only, nothing downloaded: no checksums file. (TFDS would otherwise locate
+        # one through ``importlib_resources``, a package this environment does not have.)
+        return None
+
+    # One chunk of many: per-chunk TFDS banners would drown ``convert``'s progress log.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
+
+class Workspace:
+    """``OUT/_work``: the plan fingerprint, per-chunk results and per-chunk TFDS build folders."""
+
+    def __init__(self, out_dir: Path):
+        self.root = out_dir / WORK_DIR
+
+    def open(self, fingerprint: str) -> None:
+        plan = self.root / "plan.json"
+        if plan.exists():
+            if json.loads(plan.read_text())["fingerprint"] != fingerprint:
+                raise RuntimeError(
+                    f"{self.root.parent} holds an unfinished conversion of other inputs or options;"
+                    " delete it or choose another --out"
+                )
+            return
+        write_json_atomic(plan, {"fingerprint": fingerprint})
+
+    def build_dir(self, chunk: Chunk) -> Path:
+        return self.root / "builds" / chunk.name
+
+    def result(self, chunk: Chunk) -> dict | None:
+        path = self.root / "chunks" / f"{chunk.name}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def save_result(self, chunk: Chunk, result: dict) -> None:
+        write_json_atomic(self.root / "chunks" / f"{chunk.name}.json", result)
+
+
+def write_json_atomic(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w") as file:
+        json.dump(value, file, indent=1)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+def fingerprint(name: str, chunks: Sequence[Chunk]) -> str:
+    plan = [name, VERSION, [(chunk.split, chunk.index, list(chunk.items)) for chunk in chunks]]
+    return hashlib.sha256(json.dumps(plan).encode()).hexdigest()
+
+
+def build_chunk(builder_class, source: Source, chunk: Chunk, build_dir: Path, on_error: str):
+    """Writes one chunk as one committed shard; returns its result record."""
+    builder = builder_class(
+        source=source,
+        chunk=chunk,
+        on_error=on_error,
+        data_dir=os.fspath(build_dir),
+        file_format="array_record",
+    )
+    config = tfds.download.DownloadConfig(
+        num_shards=1, compute_stats=tfds.download.ComputeStatsMode.SKIP
+    )
+    try:
+        builder.download_and_prepare(download_config=config)
+    except AssertionError:
+        if builder.num_examples:
+            raise
+        # Every item of the chunk was skipped: TFDS refuses to write an empty split.
+    shard, num_bytes = None, 0
+    if builder.num_examples:
+        num_bytes = builder.info.splits[chunk.split].num_bytes
+        (shard,) = builder.data_path.glob(f"{builder.name}-{chunk.split}.array_record-*")
+        shard = os.fspath(shard.relative_to(build_dir))
+    return {
+        "num_examples": builder.num_examples,
+        "num_bytes": num_bytes,
+        "shard": shard,
+        "skipped": builder.skipped,
+        "stats": {key: stats.to_json() for key, stats in builder.stats.items()},
+    }
+
+
+_worker_job: tuple = ()
+
+
+def _init_worker(builder_class, source, on_error) -> None:
+    global _worker_job
+    _worker_job = (builder_class, source, on_error)
+
+
+def _build_in_worker(chunk: Chunk, build_dir: Path) -> dict:
+    builder_class, source, on_error = _worker_job
+    return build_chunk(builder_class, source, chunk, build_dir, on_error)
+
+
+def convert(
+    builder_class,
+    source: Source,
+    out_dir: Path,
+    splits: Sequence[str],
+    *,
+    on_error: str = "stop",
+    max_examples: int | None = None,
+    chunk_size: int | None = None,
+    workers: int = 1,
+) -> None:
+    """Converts ``splits`` of ``source`` into a TFDS ArrayRecord dataset in ``out_dir``.
+
+    Resumable: rerun with the same arguments after an interruption and only unfinished chunks
+    are built again. Raises ``SourceError`` (``on_error='stop'``) naming the bad source path.
+    """
+    out_dir = Path(out_dir)
+    work = Workspace(out_dir)
+    if (out_dir / INFO_FILES[-1]).exists() and not work.root.exists():
+        log.info("%s already holds a finished conversion; nothing to do", out_dir)
+        return
+    tfds.disable_progress_bar()
+    items = {split: list(source.items(split)) for split in splits}
+    if max_examples is not None:
+        limit = math.ceil(max_examples / source.examples_per_item)
+        items = {split: split_items[:limit] for split, split_items in items.items()}
+    chunks = plan_chunks(items, chunk_size or builder_class.SPEC.chunk_size)
+    work.open(fingerprint(builder_class.name, chunks))
+    pending = [chunk for chunk in chunks if work.result(chunk) is None]
+    for chunk in pending:
+        shutil.rmtree(work.build_dir(chunk), ignore_errors=True)  # leftovers of an interruption
+    log.info(
+        "%s: %d chunks planned (%s), %d left to build",
+        builder_class.name,
+        len(chunks),
+        ", ".join(f"{split}: {len(split_items)} items" for split, split_items in items.items()),
+        len(pending),
+    )
+    progress = _Progress(len(pending))
+    for chunk, result in _build_chunks(builder_class, source, pending, work, on_error, workers):
+        work.save_result(chunk, result)
+        progress.update(chunk, result)
+    _finalize(builder_class, chunks, work, out_dir, list(items))
+
+
+def _build_chunks(builder_class, source, pending, work, on_error, workers):
+    if workers <= 1:
+        for chunk in pending:
+            yield chunk, build_chunk(builder_class, source, chunk, work.build_dir(chunk), on_error)
+        return
+    # fork: workers inherit the source (metadata tables can be large) instead of unpickling it.
+    pool = futures.ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_init_worker,
+        initargs=(builder_class, source, on_error),
+    )
+    try:
+        jobs = {pool.submit(_build_in_worker, c, work.build_dir(c)): c for c in pending}
+        for job in futures.as_completed(jobs):
+            yield jobs[job], job.result()
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+class _Progress:
+    def __init__(self, chunks: int):
+        self.chunks, self.done, self.examples, self.start = chunks, 0, 0, time.monotonic()
+
+    def update(self, chunk: Chunk, result: Mapping) -> None:
+        self.done += 1
+        self.examples += result["num_examples"]
+        elapsed = time.monotonic() - self.start
+        rate = self.examples / max(elapsed, 1e-9)
+        eta = elapsed / self.done * (self.chunks - self.done)
+        log.info(
+            "chunk %s: %d examples, %d skipped | %d/%d chunks, %d examples, %.1f examples/s, "
+            "ETA %.0f s",
+            chunk.name,
+            result["num_examples"],
+            len(result["skipped"]),
+            self.done,
+            self.chunks,
+            self.examples,
+            rate,
+            eta,
+        )
+
+
+def _finalize(builder_class, chunks, work: Workspace, out_dir: Path, splits) -> None:
+    """Moves the shards into place, then writes stats.json and the TFDS metadata."""
+    results = [(chunk, work.result(chunk)) for chunk in chunks]
+    split_infos = []
+    for split in splits:
+        done = [(c, r) for c, r in results if c.split == split and r["num_examples"]]
+        if not done:
+            log.warning("split %s has no examples; it is not written", split)
+            continue
+        template = naming.ShardedFileTemplate(
+            data_dir=out_dir,
+            dataset_name=builder_class.name,
+            split=split,
+            filetype_suffix="array_record",
+        )
+        for index, (chunk, result) in enumerate(done):
+            built = work.build_dir(chunk) / result["shard"]
+            target = template.sharded_filepath(shard_index=index, num_shards=len(done))
+            if built.exists():
+                os.replace(built, target)
+            elif not Path(target).exists():
+                raise RuntimeError(f"shard of chunk {chunk.name} is lost: {built}")
+        split_infos.append(
+            splits_lib.SplitInfo(
+                name=split,
+                shard_lengths=[result["num_examples"] for _, result in done],
+                num_bytes=sum(result["num_bytes"] for _, result in done),
+                filename_template=template,
+            )
+        )
+    if TRAIN in splits:
+        write_json_atomic(out_dir / STATS_FILE, _merged_stats(results))
+    builder = builder_class(
+        source=None,
+        chunk=None,
+        on_error="stop",
+        data_dir=os.fspath(work.root / "info"),
+        file_format="array_record",
+    )
+    builder.info.set_splits(splits_lib.SplitDict(split_infos))
+    staging = work.root / "info_files"
+    staging.mkdir(parents=True, exist_ok=True)
+    builder.info.write_to_directory(staging)
+    for name in INFO_FILES:
+        os.replace(staging / name, out_dir / name)
+    shutil.rmtree(work.root)
+    skipped = sum(len(result["skipped"]) for _, result in results)
+    log.info("%s finished in %s (%d source items skipped)", builder_class.name, out_dir, skipped)
+
+
+def _merged_stats(results: Sequence[tuple[Chunk, Mapping]]) -> dict:
+    merged: dict[str, ChannelStats] = {}
+    for chunk, result in results:
+        if chunk.split != TRAIN:
+            continue
+        for key, state in result["stats"].items():
+            stats = ChannelStats.from_json(state)
+            if key in merged:
+                merged[key].merge(stats)
+            else:
+                merged[key] = stats
+    return {key: merged[key].summary() for key in sorted(merged)}
+
+
+def load_split(data_dir, split: str):
+    """Random-access source over one split: ``len(source)``, ``source[i] -> dict`` of numpy.
+
+    Text fields (``id``, ...) come back as bytes. Only TFDS is needed, not the converters.
+    """
+    return tfds.builder_from_directory(os.fspath(data_dir)).as_data_source(split)
+
+
+def load_stats(data_dir) -> dict:
+    """``{stats key: {"mean": [C], "std": [C], "count": examples}}`` over the train split."""
+    return json.loads((Path(data_dir) / STATS_FILE).read_text())
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--src", type=Path, required=True, help="dataset root (layout above)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder: ArrayRecord shards, dataset_info.json, features.json, stats.json",
+    )
+    parser.add_argument(
+        "--on-error",
+        choices=ON_ERROR_CHOICES,
+        default="stop",
+        help="on a missing or corrupt source file: stop (default) or skip its item and go on",
+    )
+    parser.add_argument(
+        "--max-examples",
+        type=int,
+        default=None,
+        help="convert at most about this many examples per split (a quick trial run)",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="source items per chunk; each chunk is one shard and one unit of resuming",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="chunks built in parallel")
+
+
+def run(builder_class, make_source, splits_of, args: argparse.Namespace) -> int:
+    """Runs a converter CLI; returns the process exit status."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    logging.getLogger("absl").setLevel(logging.WARNING)  # TFDS logs every chunk twice
+    try:
+        source = make_source(args)
+    except (SourceError, OSError, ValueError) as error:
+        log.error("cannot read the source index under %s: %s", args.src, error)
+        return 1
+    try:
+        convert(
+            builder_class,
+            source,
+            args.out,
+            splits_of(args),
+            on_error=args.on_error,
+            max_examples=args.max_examples,
+            chunk_size=args.chunk_size,
+            workers=args.workers,
+        )
+    except SourceError as error:
+        log.error("stopped on a source error (rerun to resume): %s", error)
+        return 1
+    return 0

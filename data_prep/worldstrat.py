@@ -1,0 +1,218 @@
+"""WorldStrat -> RAMEN ArrayRecord records (``python -m data_prep.worldstrat``).
+
+Owns reading the published WorldStrat release (SPOT 6/7 at 1.5 m with temporally matched
+Sentinel-2 L2A revisits) and cutting every area of interest (AOI) into 4 x 4 = 16 records, as the
+original's ``WorldStrat`` dataset does, each with ``spot`` (263 px, one date) and the time series
+``s2`` (39 px).
+
+Source layout (``--src``): the Zenodo / Kaggle release unpacked (``hr_dataset.tar.gz``,
+``lr_dataset_l2a.tar.gz``, ``metadata.csv``, ``stratified_train_val_test_split.csv``)::
+
+    metadata.csv                         one row per (AOI, revisit): first column the AOI name,
+                                         then ``n`` (revisit number), ``lowres_date`` and
+                                         ``highres_date`` (YYYY-MM-DD), ...
+    stratified_train_val_test_split.csv  columns ``tile`` (AOI name) and ``split``
+    hr_dataset/<AOI>/<AOI>_ps.tiff       pan-sharpened SPOT: 4 bands R G B NIR, 12-bit values
+                                         (uint16), about 1054 x 1054 px
+    lr_dataset/<AOI>/L2A/<AOI>-<n>-L2A_data.tiff
+                                         Sentinel-2 L2A revisit n: 12 bands B1 B2 B3 B4 B5 B6 B7
+                                         B8 B8A B9 B11 B12 (float32 reflectance), about 160 px
+
+Per AOI, as the original: every revisit listed in ``metadata.csv`` is resized to 158 x 158 px
+(bilinear, half-pixel centres, no antialiasing: PyTorch ``F.interpolate(mode="bilinear")``), the
+revisits are stacked in revisit order, and both images are cut into a 4 x 4 grid of
+``side // 4`` px tiles (39 px for Sentinel-2, 263 px for SPOT; a SPOT image whose tiles would not
+be 263 px is reported as an error). Tile (r, c) is record ``<AOI>_<r>_<c>``. ``s2`` is float32
+(resampled); ``spot`` keeps the file's uint16. Dates: day of year of ``lowres_date`` per revisit,
+of ``highres_date`` for SPOT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections import defaultdict
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+from data_prep import common
+
+GRID = 4  # tiles per side
+S2_RESAMPLED_SIDE = 158
+DEFAULT_SPLITS = ("train", "val")
+SPLIT_FILE = "stratified_train_val_test_split.csv"
+
+SPEC = common.DatasetSpec(
+    name="worldstrat",
+    description="WorldStrat: SPOT 6/7 (1.5 m) and Sentinel-2 L2A revisits, 4 x 4 tiles per AOI.",
+    homepage="https://github.com/worldstrat/worldstrat",
+    modalities=(
+        common.Modality("spot", (665, 560, 490, 835), gsd=1.5, side=263, dtype=np.uint16),
+        common.Modality(
+            "s2",
+            (443, 490, 560, 665, 705, 740, 783, 842, 865, 945, 1610, 2190),
+            gsd=10,
+            side=39,
+            dtype=np.float32,
+            time_series=True,
+        ),
+    ),
+    chunk_size=25,  # AOIs: 400 records
+)
+SPOT, S2 = SPEC.modalities
+
+
+class WorldStrat(common.ChunkBuilder, skip_registration=True):
+    """TFDS builder of the ``worldstrat`` records (one instance writes one chunk)."""
+
+    name = "worldstrat"
+    SPEC = SPEC
+
+
+def bilinear_source_positions(in_size: int, out_size: int):
+    """Lower / upper source index and upper weight of every output index.
+
+    Rounded like PyTorch's CPU kernel: a float32 scale, the half-pixel position computed in
+    double and stored as float32, the weight taken in float32. The result then matches
+    ``F.interpolate`` to a float32 ulp or two (its own summation order is not reproduced).
+    """
+    scale = np.float32(in_size) / np.float32(out_size)
+    position = np.float32(np.maximum(np.float64(scale) * (np.arange(out_size) + 0.5) - 0.5, 0))
+    lower = np.minimum(position.astype(np.int64), in_size - 1)
+    upper = np.minimum(lower + 1, in_size - 1)
+    return lower, upper, position - lower.astype(np.float32)
+
+
+def resize_bilinear(image: np.ndarray, side: int) -> np.ndarray:
+    """``[C, H, W]`` -> float32 ``[C, side, side]``, as ``F.interpolate(mode="bilinear")``."""
+    row_low, row_high, row_weight = bilinear_source_positions(image.shape[1], side)
+    col_low, col_high, col_weight = bilinear_source_positions(image.shape[2], side)
+    pixels = image.astype(np.float64)
+    rows = (
+        pixels[:, row_low] * (1 - row_weight)[:, None] + pixels[:, row_high] * row_weight[:, None]
+    )
+    resized = rows[:, :, col_low] * (1 - col_weight) + rows[:, :, col_high] * col_weight
+    return resized.astype(np.float32)
+
+
+def tile(image: np.ndarray, row: int, col: int) -> np.ndarray:
+    """Tile (row, col) of a GRID x GRID cut of ``[..., H, W]``, remainder pixels dropped."""
+    height, width = image.shape[-2] // GRID, image.shape[-1] // GRID
+    return image[..., row * height : (row + 1) * height, col * width : (col + 1) * width]
+
+
+def read_csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    with open(path, newline="", encoding="utf-8-sig") as file:
+        header, *rows = list(csv.reader(file))
+    return header, rows
+
+
+class WorldStratSource(common.Source):
+    """AOIs of a split; an item is an AOI name, giving GRID x GRID examples."""
+
+    examples_per_item = GRID * GRID
+
+    def __init__(self, src: Path, split_file: Path | None = None):
+        self.src = Path(src)
+        self.revisits, self.highres_date = self._read_metadata(self.src / "metadata.csv")
+        header, rows = read_csv_rows(split_file or self.src / SPLIT_FILE)
+        tile_column, split_column = header.index("tile"), header.index("split")
+        self.splits = defaultdict(list)
+        for row in rows:
+            self.splits[row[split_column]].append(row[tile_column])
+
+    @staticmethod
+    def _read_metadata(path: Path):
+        """{AOI: [(n, lowres day of year), ...] sorted by n}, {AOI: highres day of year}."""
+        header, rows = read_csv_rows(path)
+        n, lowres, highres = (header.index(name) for name in ("n", "lowres_date", "highres_date"))
+        revisits, highres_date = defaultdict(list), {}
+        for row in rows:
+            aoi = row[0]  # the AOI is the first (index) column, whatever its header
+            revisits[aoi].append((int(float(row[n])), day_of_year(row[lowres])))
+            highres_date.setdefault(aoi, day_of_year(row[highres]))
+        return {aoi: sorted(visits) for aoi, visits in revisits.items()}, highres_date
+
+    def items(self, split: str) -> list[str]:
+        aois = sorted(self.splits[split])
+        unknown = [aoi for aoi in aois if aoi not in self.revisits]
+        if unknown:
+            # The original joins the split with metadata.csv, which drops these AOIs as well.
+            common.log.warning("%d %s AOIs have no metadata rows; ignored", len(unknown), split)
+        return [aoi for aoi in aois if aoi in self.revisits]
+
+    def describe(self, aoi: str) -> str:
+        return f"AOI {aoi}"
+
+    def examples(self, aoi: str):
+        s2 = np.stack(
+            [
+                resize_bilinear(self._revisit(aoi, n), S2_RESAMPLED_SIDE)
+                for n, _ in self.revisits[aoi]
+            ]
+        )
+        s2_dates = np.array([day for _, day in self.revisits[aoi]], np.int32)
+        spot_path = self.src / "hr_dataset" / aoi / f"{aoi}_ps.tiff"
+        spot = common.as_stored_dtype(common.read_geotiff(spot_path), SPOT.dtype, spot_path)
+        if tile(spot, 0, 0).shape != (len(SPOT.channels), SPOT.side, SPOT.side):
+            raise common.SourceError(spot_path, f"shape {spot.shape}: tiles are not {SPOT.side} px")
+        spot_dates = np.array([self.highres_date[aoi]], np.int32)
+        for row in range(GRID):
+            for col in range(GRID):
+                example = {
+                    "spot": common.channels_last(tile(spot, row, col))[None],
+                    "spot_dates": spot_dates,
+                    "s2": common.channels_last(tile(s2, row, col)),
+                    "s2_dates": s2_dates,
+                    "id": f"{aoi}_{row}_{col}",
+                }
+                yield example["id"], example
+
+    def _revisit(self, aoi: str, n: int) -> np.ndarray:
+        path = self.src / "lr_dataset" / aoi / "L2A" / f"{aoi}-{n}-L2A_data.tiff"
+        image = common.read_geotiff(path)
+        if len(image) != len(S2.channels):
+            raise common.SourceError(path, f"{len(image)} bands, expected {len(S2.channels)}")
+        return image
+
+
+def day_of_year(text: str) -> int:
+    return common.day_of_year(date.fromisoformat(text.strip()[:10]))
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep.worldstrat",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    common.add_common_arguments(parser)
+    parser.add_argument(
+        "--split-file",
+        type=Path,
+        default=None,
+        help=f"CSV with columns tile, split (default: SRC/{SPLIT_FILE})",
+    )
+    parser.add_argument(
+        "--splits",
+        default=",".join(DEFAULT_SPLITS),
+        help="comma-separated splits to write (default: train,val)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return common.run(
+        WorldStrat,
+        lambda a: WorldStratSource(a.src, a.split_file),
+        lambda a: a.splits.split(","),
+        args,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""data_prep.flairhub on small files written in the published FLAIR-HUB layout.
+
+GeoTIFFs in EPSG:2154 (Lambert-93) with the release's naming (``<DOMAIN-YEAR>_<MODALITY>/<ROI>/
+<DOMAIN-YEAR>_<MODALITY>_<ROI>_<row>-<col>.tif``) at full size (aerial and DEM 512 px, Sentinel
+10 px); GeoPackages in GLOBAL_ALL_MTD/ written as SQLite with the GeoPackage tables
+(``gpkg_contents``, ``gpkg_geometry_columns``, a feature table with a GPKG geometry blob); split
+CSVs with the published column set and ``../`` paths. Values must round-trip exactly; statistics
+are compared with numpy at rtol 1e-9.
+"""
+
+import json
+import sqlite3
+import struct
+
+import numpy as np
+import pytest
+import rasterio
+import rasterio.crs
+import rasterio.transform
+
+from data_prep import common, flairhub
+
+CSV_COLUMNS = (
+    "patch_id,AERIAL-RLT_PAN,AERIAL_LABEL-COSIA,AERIAL_RGBI,ALL_LABEL-LPIS,DEM_ELEV,"
+    "SENTINEL1-ASC_TS,SENTINEL1-DESC_TS,SENTINEL2_MSK-SC,SENTINEL2_TS,SPOT_RGBI"
+).split(",")
+CLEAR, CLOUDY_5PX, CLOUDY_6PX, SNOWY = range(4)
+P1, P2, P3 = "D006-2020_FF-S1-14_5-5", "D006-2020_FF-S1-14_5-6", "D012-2019_AF-S1-27_5-10"
+S2_DATES = {"3": "20210420", "1": "20210101", "2": "20210215", "4": "20210601"}  # keys unsorted
+S2_DAYS = [1, 46, 110, 152]
+S1_DATES = {"1": "20210105", "2": "20210117", "3": "20210129"}
+
+
+def write_tif(path, bands, pixel_size):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    transform = rasterio.transform.Affine(pixel_size, 0, 843000.0, 0, -pixel_size, 6519000.0)
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=bands.shape[2],
+        height=bands.shape[1],
+        count=bands.shape[0],
+        dtype=bands.dtype,
+        crs=rasterio.crs.CRS.from_epsg(2154),
+        transform=transform,
+    ) as raster:
+        raster.write(bands)
+
+
+def gpkg_point(x, y, srs_id=2154):
+    """GeoPackage binary geometry: 'GP', version 0, little-endian without envelope, WKB point."""
+    return b"GP" + struct.pack("<BBi", 0, 1, srs_id) + struct.pack("<BIdd", 1, 1, x, y)
+
+
+def write_gpkg(path, column, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    layer = path.stem
+    db = sqlite3.connect(path)
+    db.executescript(
+        f"""
+        PRAGMA application_id = 1196444487;
+        PRAGMA user_version = 10400;
+        CREATE TABLE gpkg_spatial_ref_sys (srs_name TEXT NOT NULL, srs_id INTEGER PRIMARY KEY,
+          organization TEXT NOT NULL, organization_coordsys_id INTEGER NOT NULL,
+          definition TEXT NOT NULL, description TEXT);
+        INSERT INTO gpkg_spatial_ref_sys VALUES ('RGF93 v1 / Lambert-93', 2154, 'EPSG', 2154,
+          'undefined', NULL);
+        CREATE TABLE gpkg_contents (table_name TEXT NOT NULL PRIMARY KEY,
+          data_type TEXT NOT NULL, identifier TEXT UNIQUE, description TEXT DEFAULT '',
+          last_change DATETIME NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+          min_x DOUBLE, min_y DOUBLE, max_x DOUBLE, max_y DOUBLE, srs_id INTEGER);
+        CREATE TABLE gpkg_geometry_columns (table_name TEXT NOT NULL, column_name TEXT NOT NULL,
+          geometry_type_name TEXT NOT NULL, srs_id INTEGER NOT NULL, z TINYINT NOT NULL,
+          m TINYINT NOT NULL, PRIMARY KEY (table_name, column_name));
+        CREATE TABLE "{layer}" (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom POINT,
+          patch_id TEXT, "{column}" TEXT);
+        INSERT INTO gpkg_contents (table_name, data_type, identifier, srs_id)
+          VALUES ('{layer}', 'features', '{layer}', 2154);
+        INSERT INTO gpkg_geometry_columns VALUES ('{layer}', 'geom', 'POINT', 2154, 0, 0);
+        """
+    )
+    db.executemany(
+        f'INSERT INTO "{layer}" (geom, patch_id, "{column}") VALUES (?, ?, ?)',
+        [
+            (gpkg_point(843000.0 + i, 6519000.0), patch, value)
+            for i, (patch, value) in enumerate(rows)
+        ],
+    )
+    db.commit()
+    db.close()
+
+
+def mask_series(kinds):
+    """SENTINEL2_MSK-SC bands [T x (snow, cloud), 10, 10] for a list of per-date conditions."""
+    mask = np.zeros((len(kinds), 2, 10, 10), np.uint8)
+    for step, kind in enumerate(kinds):
+        if kind == CLOUDY_5PX:
+            mask[step, 1].flat[:5] = 60
+        elif kind == CLOUDY_6PX:
+            mask[step, 1].flat[:6] = 60
+        elif kind == SNOWY:
+            mask[step, 0].flat[:30] = 80
+            mask[step, 1].flat[:50] = 40
+        elif kind == "cloudy, 10 px snow":
+            mask[step, 0].flat[:10] = 90
+            mask[step, 1].flat[:50] = 70
+        elif kind == "cloudy":
+            mask[step, 1].flat[:50] = 70
+    return mask.reshape(-1, 10, 10)
+
+
+def patch_files(src, patch, seed, masks, with_s1=True):
+    """Writes one patch's GeoTIFFs; returns its CSV row and the arrays written."""
+    domain, roi, position = patch.split("_")
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "AERIAL_RGBI": rng.integers(0, 256, (4, 512, 512)).astype(np.uint8),
+        "DEM_ELEV": rng.normal(300, 40, (2, 512, 512)).astype(np.float32),
+        "SENTINEL2_TS": rng.integers(0, 10000, (4 * 10, 10, 10)).astype(np.uint16),
+        "SENTINEL2_MSK-SC": mask_series(masks),
+        "SENTINEL1-DESC_TS": rng.normal(-15, 3, (3 * 2, 10, 10)).astype(np.float32),
+    }
+    row = dict.fromkeys(CSV_COLUMNS, "")
+    row["patch_id"] = patch
+    for column, bands in arrays.items():
+        if column == "SENTINEL1-DESC_TS" and not with_s1:
+            continue
+        relative = f"{domain}_{column}/{roi}/{domain}_{column}_{roi}_{position}.tif"
+        write_tif(src / relative, bands, 0.2 if bands.shape[1] == 512 else 10.24)
+        row[column] = "../" + relative
+    return row, arrays
+
+
+def write_csv(path, rows, delimiter=","):
+    lines = [delimiter.join(CSV_COLUMNS)]
+    lines += [delimiter.join(row[column] for column in CSV_COLUMNS) for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_flairhub(src):
+    """Two train patches (comma CSV) and one val patch (semicolon CSV, as the original's)."""
+    p1, a1 = patch_files(src, P1, 1, [CLEAR, CLOUDY_5PX, CLOUDY_6PX, SNOWY])
+    p2, a2 = patch_files(src, P2, 2, ["cloudy, 10 px snow", "cloudy", "cloudy", "cloudy"], False)
+    p3, a3 = patch_files(src, P3, 3, [SNOWY] * 4)
+    write_csv(src / "TRAIN.csv", [p1, p2])
+    write_csv(src / "VALID.csv", [p3], delimiter=";")
+    mtd = src / "GLOBAL_ALL_MTD"
+    write_gpkg(
+        mtd / "GLOBAL_AERIAL_MTD_DATES.gpkg",
+        "date",
+        [(P1, "20210715"), (P2, "20210715"), (P3, "20190602")],
+    )
+    s2 = json.dumps(S2_DATES)
+    # P2's Sentinel-2 dates are keyed by its ROI, as some loaders expect.
+    write_gpkg(
+        mtd / "GLOBAL_SENTINEL2_MTD_DATES.gpkg",
+        "acquisition_dates",
+        [(P1, s2), ("D006-2020_FF-S1-14", s2), (P3, s2)],
+    )
+    s1 = json.dumps(S1_DATES)
+    write_gpkg(
+        mtd / "GLOBAL_SENTINEL1-DESC_MTD_DATES.gpkg", "acquisition_dates", [(P1, s1), (P3, s1)]
+    )
+    return {P1: a1, P2: a2, P3: a3}
+
+
+def convert(src, out, *extra, splits=("train=TRAIN.csv", "val=VALID.csv")):
+    args = ["--src", str(src), "--out", str(out)]
+    for split in splits:
+        name, csv = split.split("=")
+        args += ["--split-file", f"{name}={src / csv}"]
+    return flairhub.main([*args, *extra])
+
+
+def read(out, split):
+    source = common.load_split(out, split)
+    return {r["id"].decode(): r for r in (source[i] for i in range(len(source)))}
+
+
+def channels_last(bands, channels):
+    return bands.reshape(-1, channels, *bands.shape[1:]).transpose(0, 2, 3, 1)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """(source folder, output folder, arrays written per patch), converted once per module."""
+    src = tmp_path_factory.mktemp("flairhub")
+    arrays = write_flairhub(src)
+    assert convert(src, src / "out") == 0
+    return src, src / "out", arrays
+
+
+def test_records_hold_the_patches_with_filtered_sentinel2(converted):
+    _, out, arrays = converted
+    train, val = read(out, "train"), read(out, "val")
+    assert sorted(train) == [P1, P2] and sorted(val) == [P3]
+    records = {**train, **val}
+    for patch, written in arrays.items():
+        record = records[patch]
+        assert record["aerial"].dtype == np.uint8 and record["dem"].dtype == np.float32
+        np.testing.assert_array_equal(record["aerial"], channels_last(written["AERIAL_RGBI"], 4))
+        np.testing.assert_array_equal(record["dem"], channels_last(written["DEM_ELEV"], 2))
+    summer = np.array([196], np.int32)
+    for patch in (P1, P2):
+        np.testing.assert_array_equal(records[patch]["aerial_dates"], summer)
+        np.testing.assert_array_equal(records[patch]["dem_dates"], summer)
+    np.testing.assert_array_equal(records[P3]["dem_dates"], [153])
+
+    s2 = {patch: channels_last(a["SENTINEL2_TS"], 10) for patch, a in arrays.items()}
+    # P1: a date with 5 % cloudy pixels passes, 6 % does not, nor does a snowy one.
+    np.testing.assert_array_equal(records[P1]["s2"], s2[P1][[0, 1]])
+    np.testing.assert_array_equal(records[P1]["s2_dates"], S2_DAYS[:2])
+    # P2: every date cloudy -> fall back to the snow-free dates.
+    np.testing.assert_array_equal(records[P2]["s2"], s2[P2][[1, 2, 3]])
+    np.testing.assert_array_equal(records[P2]["s2_dates"], S2_DAYS[1:])
+    # P3: nothing passes -> no Sentinel-2 for this patch.
+    np.testing.assert_array_equal(records[P3]["s2"], np.zeros((1, 10, 10, 10), np.uint16))
+    np.testing.assert_array_equal(records[P3]["s2_dates"], [1])
+
+    np.testing.assert_array_equal(
+        records[P1]["s1_des"], channels_last(arrays[P1]["SENTINEL1-DESC_TS"], 2)
+    )
+    np.testing.assert_array_equal(records[P1]["s1_des_dates"], [5, 17, 29])
+    np.testing.assert_array_equal(records[P2]["s1_des"], np.zeros((1, 10, 10, 2), np.float32))
+    np.testing.assert_array_equal(records[P2]["s1_des_dates"], [1])
+
+
+def test_statistics_cover_train_only_and_skip_missing_modalities(converted):
+    _, out, arrays = converted
+    stats = common.load_stats(out)
+    assert set(stats) == {"aerial", "dem", "s2", "s1_des"}
+    aerial = np.concatenate([arrays[p]["AERIAL_RGBI"].reshape(4, -1) for p in (P1, P2)], 1)
+    np.testing.assert_allclose(stats["aerial"]["mean"], aerial.mean(1), rtol=1e-9)
+    np.testing.assert_allclose(stats["aerial"]["std"], aerial.std(1), rtol=1e-9)
+    kept = [
+        channels_last(arrays[P1]["SENTINEL2_TS"], 10)[[0, 1]],
+        channels_last(arrays[P2]["SENTINEL2_TS"], 10)[[1, 2, 3]],
+    ]
+    s2 = np.concatenate([k.reshape(-1, 10) for k in kept]).astype(float)
+    np.testing.assert_allclose(stats["s2"]["mean"], s2.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(stats["s2"]["std"], s2.std(0), rtol=1e-9)
+    s1 = channels_last(arrays[P1]["SENTINEL1-DESC_TS"], 2).reshape(-1, 2).astype(float)
+    np.testing.assert_allclose(stats["s1_des"]["mean"], s1.mean(0), rtol=1e-9)
+    assert stats["s1_des"]["count"] == 1 and stats["aerial"]["count"] == 2
+
+
+def test_missing_file_stops_or_is_skipped(converted, tmp_path, caplog):
+    src = converted[0]
+    rows = (src / "TRAIN.csv").read_text().splitlines()
+    broken = rows[2].replace("DEM_ELEV_FF-S1-14_5-6.tif", "DEM_ELEV_FF-S1-14_9-9.tif")
+    (src / "BROKEN.csv").write_text("\n".join([rows[0], rows[1], broken]) + "\n")
+    missing = src / "D006-2020_DEM_ELEV/FF-S1-14/D006-2020_DEM_ELEV_FF-S1-14_9-9.tif"
+    assert convert(src, tmp_path / "stop", splits=["train=BROKEN.csv"]) == 1
+    assert str(missing) in caplog.text
+    caplog.clear()
+    assert convert(src, tmp_path / "skip", "--on-error", "skip", splits=["train=BROKEN.csv"]) == 0
+    assert str(missing) in caplog.text
+    assert sorted(read(tmp_path / "skip", "train")) == [P1]
+
+
+def test_clear_dates_threshold_is_95_percent_of_pixels():
+    mask = mask_series([CLEAR, CLOUDY_5PX, CLOUDY_6PX, SNOWY]).reshape(4, 2, 10, 10)
+    np.testing.assert_array_equal(flairhub.clear_dates(mask), [True, True, False, False])
+    mask = mask_series(["cloudy, 10 px snow", "cloudy"]).reshape(2, 2, 10, 10)
+    np.testing.assert_array_equal(flairhub.clear_dates(mask), [False, True])

@@ -1,0 +1,157 @@
+"""data_prep.mmearth on a small HDF5 file written in the published MMEarth64 layout.
+
+Layout as written by MMEarth-data's ``convert_to_h5.py`` (gzip, one row per HDF5 chunk): datasets
+``sentinel2`` uint16 [N, 13, 64, 64] (B8A before B8, zeros in B10 for L2A), ``sentinel1``
+float32 [N, 8, 64, 64] (-inf for a missing orbit), ``aster`` int16 [N, 2, 64, 64], ``biome`` uint8
+one-hot [N, 14], ``metadata`` compound (tile_id S100, S2_type S10). Values must round-trip
+exactly; statistics are compared with numpy at rtol 1e-9.
+"""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from data_prep import common, mmearth
+
+ROWS = 12
+L2A_ROWS = {0, 3, 4, 8, 11}
+
+
+def write_mmearth(directory, rows=ROWS, with_s2_type=True):
+    rng = np.random.default_rng(7)
+    s2 = rng.integers(1, 10000, (rows, 13, 64, 64)).astype(np.uint16)
+    s2[[row for row in sorted(L2A_ROWS) if row < rows], 10] = 0  # L2A has no B10
+    s1 = rng.normal(-12, 4, (rows, 8, 64, 64)).astype(np.float32)
+    s1[1::2, 4:] = -np.inf  # descending orbit not acquired
+    s1[2, 0, 5, 5] = np.nan
+    aster = rng.integers(-50, 4000, (rows, 2, 64, 64)).astype(np.int16)
+    biome = np.zeros((rows, 14), np.uint8)
+    biome[np.arange(rows), np.arange(rows) % 2 * 5] = 1  # biomes 0 and 5
+    fields = [("tile_id", "S100"), ("S2_type", "S10")] if with_s2_type else [("tile_id", "S100")]
+    metadata = np.zeros(rows, dtype=fields)
+    metadata["tile_id"] = [f"tile_{row:03d}".encode() for row in range(rows)]
+    if with_s2_type:
+        metadata["S2_type"] = [b"l2a" if row in L2A_ROWS else b"l1c" for row in range(rows)]
+    path = directory / "data_1M_v001_64.h5"
+    with h5py.File(path, "w") as h5:
+        for name, data in (
+            ("sentinel2", s2),
+            ("sentinel1", s1),
+            ("aster", aster),
+            ("biome", biome),
+            ("metadata", metadata),
+        ):
+            h5.create_dataset(name, data=data, chunks=(1, *data.shape[1:]), compression="gzip")
+    return path, {"s2": s2, "s1": s1, "aster": aster}
+
+
+def convert(src, out, *extra):
+    return mmearth.main(["--src", str(src), "--out", str(out), "--chunk-size", "4", *extra])
+
+
+def records(out, split):
+    source = common.load_split(out, split)
+    return [source[i] for i in range(len(source))]
+
+
+def test_records_hold_the_h5_rows(tmp_path):
+    _, data = write_mmearth(tmp_path)
+    split_file = tmp_path / "splits.json"
+    split_file.write_text(json.dumps({"train": list(range(9)), "val": [9, 10, 11], "test": []}))
+    assert convert(tmp_path, tmp_path / "out", "--split-file", str(split_file)) == 0
+    train = records(tmp_path / "out", "train")
+    assert len(train) == 9 and len(records(tmp_path / "out", "val")) == 3
+    for record in train:
+        row = int(record["id"].decode().split("_")[1])
+        assert record["s2"].shape == (1, 64, 64, 13) and record["s2"].dtype == np.uint16
+        # Wavelength order: record band 7 is B8 (842 nm, HDF5 band 8), band 8 is B8A (865 nm).
+        h5_order = [0, 1, 2, 3, 4, 5, 6, 8, 7, 9, 10, 11, 12]
+        np.testing.assert_array_equal(record["s2"][0], data["s2"][row][h5_order].transpose(1, 2, 0))
+        np.testing.assert_array_equal(record["s1"][0], data["s1"][row].transpose(1, 2, 0))
+        np.testing.assert_array_equal(record["dem"][0], data["aster"][row].transpose(1, 2, 0))
+        assert record["s1"].dtype == np.float32 and record["dem"].dtype == np.int16
+        for name in ("s2", "s1", "dem"):
+            np.testing.assert_array_equal(record[name + "_dates"], np.array([1], np.int32))
+        assert record["s2_product"].decode() == ("l2a" if row in L2A_ROWS else "l1c")
+        assert record["biome"] == row % 2 * 5
+
+
+def test_statistics_keep_l1c_and_l2a_apart(tmp_path):
+    _, data = write_mmearth(tmp_path)
+    split_file = tmp_path / "splits.json"
+    train_rows = list(range(10))
+    split_file.write_text(json.dumps({"train": train_rows}))
+    assert (
+        convert(tmp_path, tmp_path / "out", "--split-file", str(split_file), "--splits", "train")
+        == 0
+    )
+    stats = common.load_stats(tmp_path / "out")
+    assert set(stats) == {"s2_l1c", "s2_l2a", "s1", "dem"}
+    order = [0, 1, 2, 3, 4, 5, 6, 8, 7, 9, 10, 11, 12]
+    l1c = [r for r in train_rows if r not in L2A_ROWS]
+    l2a = [r for r in train_rows if r in L2A_ROWS]
+    for key, rows in (("s2_l1c", l1c), ("s2_l2a", l2a)):
+        values = data["s2"][rows][:, order].transpose(1, 0, 2, 3).reshape(13, -1).astype(float)
+        observed = values.any(axis=1)  # B10 of L2A is all zero: never observed
+        np.testing.assert_allclose(
+            stats[key]["mean"], np.where(observed, values.mean(1), 0.0), rtol=1e-9
+        )
+        np.testing.assert_allclose(
+            stats[key]["std"], np.where(observed, values.std(1), 1.0), rtol=1e-9
+        )
+        assert stats[key]["count"] == len(rows)
+    assert not np.any(np.asarray(stats["s2_l2a"]["mean"])[10])
+    s1 = data["s1"][train_rows].transpose(1, 0, 2, 3).reshape(8, -1).astype(float)
+    for channel in range(8):
+        finite = s1[channel][np.isfinite(s1[channel])]
+        assert stats["s1"]["mean"][channel] == pytest.approx(finite.mean(), rel=1e-9)
+        assert stats["s1"]["std"][channel] == pytest.approx(finite.std(), rel=1e-9)
+
+
+def test_default_split_is_stratified_by_biome_and_deterministic(tmp_path):
+    write_mmearth(tmp_path, rows=40)
+    source = mmearth.MMEarthSource(tmp_path)
+    train, val = source.items("train"), source.items("val")
+    assert sorted(train + val) == list(range(40))
+    assert sorted(val) == val and len(val) == 4
+    assert sum(row % 2 for row in val) == 2  # 10 % of each of the two biomes
+    assert val == mmearth.MMEarthSource(tmp_path).items("val")
+
+
+def test_product_falls_back_to_the_b10_rule(tmp_path):
+    write_mmearth(tmp_path, rows=6, with_s2_type=False)
+    split_file = tmp_path / "splits.json"
+    split_file.write_text(json.dumps({"train": list(range(6))}))
+    assert (
+        convert(tmp_path, tmp_path / "out", "--split-file", str(split_file), "--splits", "train")
+        == 0
+    )
+    for record in records(tmp_path / "out", "train"):
+        row = int(record["id"].decode().split("_")[1])
+        assert record["s2_product"].decode() == ("l2a" if row in L2A_ROWS else "l1c")
+
+
+def corrupt_row(path, dataset, row):
+    with h5py.File(path, "r") as h5:
+        chunk = h5[dataset].id.get_chunk_info(row)
+    with open(path, "r+b") as file:
+        file.seek(chunk.byte_offset)
+        file.write(b"\xff" * chunk.size)
+
+
+def test_corrupt_row_stops_or_is_skipped(tmp_path, caplog):
+    path, _ = write_mmearth(tmp_path)
+    corrupt_row(path, "sentinel2", 5)
+    split_file = tmp_path / "splits.json"
+    split_file.write_text(json.dumps({"train": list(range(ROWS))}))
+    args = ("--split-file", str(split_file), "--splits", "train")
+    assert convert(tmp_path, tmp_path / "stop", *args) == 1
+    assert f"{path} row 5" in caplog.text
+    assert not (tmp_path / "stop" / "dataset_info.json").exists()
+    caplog.clear()
+    assert convert(tmp_path, tmp_path / "skip", *args, "--on-error", "skip") == 0
+    assert f"{path} row 5" in caplog.text
+    ids = sorted(record["id"].decode() for record in records(tmp_path / "skip", "train"))
+    assert ids == [f"tile_{row:03d}" for row in range(ROWS) if row != 5]

@@ -1,0 +1,163 @@
+"""data_prep.worldstrat on small files written in the published WorldStrat layout.
+
+``metadata.csv`` with the AOI as unnamed first (index) column and one row per revisit,
+``stratified_train_val_test_split.csv`` with the release's columns,
+``hr_dataset/<AOI>/<AOI>_ps.tiff`` (4 bands uint16, 1054 px: the size that gives the 263 px
+tiles), and
+``lr_dataset/<AOI>/L2A/<AOI>-<n>-L2A_data.tiff`` (12 bands float32). SPOT tiles must match exactly;
+Sentinel-2 tiles match PyTorch's bilinear ``F.interpolate`` at rtol 1e-6 (float32 rounding).
+"""
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import rasterio.crs
+import rasterio.transform
+
+from data_prep import common, worldstrat
+
+AOIS = {"Amnesty POI-12-3-1": "train", "UNHCR-SSDs008823": "val", "Landcover-1": "test"}
+REVISITS = {  # n -> lowres date; written out of order on purpose
+    3: "2019-05-20",
+    1: "2019-04-02",
+    2: "2019-04-27",
+}
+HIGHRES_DATE = "2019-05-02"
+
+
+def write_tif(path, bands, pixel_size):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=bands.shape[2],
+        height=bands.shape[1],
+        count=bands.shape[0],
+        dtype=bands.dtype,
+        crs=rasterio.crs.CRS.from_epsg(32633),
+        transform=rasterio.transform.Affine(pixel_size, 0, 500000.0, 0, -pixel_size, 4649776.0),
+    ) as raster:
+        raster.write(bands)
+
+
+def write_worldstrat(src, hr_side=1054):
+    rng = np.random.default_rng(3)
+    images = {}
+    metadata = [",n,lowres_date,highres_date,cloud_cover,lon,lat"]
+    for aoi in AOIS:
+        rows, cols = np.mgrid[0:hr_side, 0:hr_side]
+        spot = np.stack([(rows * 3 + cols * 5 + band * 7) % 4096 for band in range(4)])
+        write_tif(src / "hr_dataset" / aoi / f"{aoi}_ps.tiff", spot.astype(np.uint16), 1.5)
+        revisits = {}
+        for n, lowres in REVISITS.items():
+            revisits[n] = rng.uniform(0, 0.6, (12, 160, 160)).astype(np.float32)
+            write_tif(
+                src / "lr_dataset" / aoi / "L2A" / f"{aoi}-{n}-L2A_data.tiff", revisits[n], 10
+            )
+            metadata.append(f"{aoi},{n},{lowres},{HIGHRES_DATE},12.5,31.1,-2.4")
+        images[aoi] = (spot.astype(np.uint16), revisits)
+    (src / "metadata.csv").write_text("\n".join(metadata) + "\n")
+    split = [",tile,IPCC Class,SMOD,source,joint_class,split"]
+    split += [
+        f"{i},{aoi},Settlement,23,X,X/Settlement/23,{s}" for i, (aoi, s) in enumerate(AOIS.items())
+    ]
+    (src / "stratified_train_val_test_split.csv").write_text("\n".join(split) + "\n")
+    return images
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    src = tmp_path_factory.mktemp("worldstrat")
+    images = write_worldstrat(src)
+    assert worldstrat.main(["--src", str(src), "--out", str(src / "out")]) == 0
+    return src, src / "out", images
+
+
+def read(out, split):
+    source = common.load_split(out, split)
+    return {r["id"].decode(): r for r in (source[i] for i in range(len(source)))}
+
+
+def test_every_aoi_gives_16_tiles_with_dates(converted):
+    _, out, _ = converted
+    train, val = read(out, "train"), read(out, "val")
+    expected = [f"Amnesty POI-12-3-1_{r}_{c}" for r in range(4) for c in range(4)]
+    assert sorted(train) == expected
+    assert len(val) == 16
+    for record in train.values():
+        assert record["spot"].shape == (1, 263, 263, 4) and record["spot"].dtype == np.uint16
+        assert record["s2"].shape == (3, 39, 39, 12) and record["s2"].dtype == np.float32
+        np.testing.assert_array_equal(record["spot_dates"], [122])  # 2019-05-02
+        np.testing.assert_array_equal(record["s2_dates"], [92, 117, 140])  # ordered by n
+
+
+def test_tiles_are_cut_as_the_original(converted):
+    _, out, images = converted
+    spot, revisits = images["Amnesty POI-12-3-1"]
+    torch = pytest.importorskip("torch")
+    lr = torch.from_numpy(np.stack([revisits[n] for n in (1, 2, 3)]))
+    resized = torch.nn.functional.interpolate(
+        lr, size=(158, 158), mode="bilinear", align_corners=False
+    ).numpy()
+    records = read(out, "train")
+    for r in range(4):
+        for c in range(4):
+            record = records[f"Amnesty POI-12-3-1_{r}_{c}"]
+            expected_spot = spot[:, r * 263 : (r + 1) * 263, c * 263 : (c + 1) * 263]
+            np.testing.assert_array_equal(record["spot"][0], expected_spot.transpose(1, 2, 0))
+            expected_s2 = resized[:, :, r * 39 : (r + 1) * 39, c * 39 : (c + 1) * 39]
+            np.testing.assert_allclose(
+                record["s2"], expected_s2.transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-7
+            )
+
+
+def test_bilinear_resize_reproduces_a_linear_ramp():
+    # Bilinear interpolation is exact on a linear function; borders clamp to the edge pixels.
+    ramp = np.arange(160, dtype=np.float64)[None, :, None] * np.ones((1, 1, 7))
+    resized = worldstrat.resize_bilinear(ramp, 158)
+    centres = np.clip((np.arange(158) + 0.5) * 160 / 158 - 0.5, 0, 159)
+    np.testing.assert_allclose(resized[0, :, 0], centres, rtol=1e-6)
+    assert np.all(resized[:, :, 1:] == resized[:, :, :1])
+
+
+def test_statistics_cover_the_train_tiles(converted):
+    _, out, images = converted
+    spot, revisits = images["Amnesty POI-12-3-1"]
+    stats = common.load_stats(out)
+    tiles = [
+        spot[:, r * 263 : (r + 1) * 263, c * 263 : (c + 1) * 263]
+        for r in range(4)
+        for c in range(4)
+    ]
+    values = np.concatenate([t.reshape(4, -1) for t in tiles], axis=1).astype(float)
+    np.testing.assert_allclose(stats["spot"]["mean"], values.mean(1), rtol=1e-9)
+    np.testing.assert_allclose(stats["spot"]["std"], values.std(1), rtol=1e-9)
+    assert stats["spot"]["count"] == 16 and set(stats) == {"spot", "s2"}
+
+
+def test_bad_sources_stop_or_are_skipped(tmp_path, caplog):
+    write_worldstrat(tmp_path)
+    missing = (
+        tmp_path
+        / "lr_dataset"
+        / "Amnesty POI-12-3-1"
+        / "L2A"
+        / "Amnesty POI-12-3-1-2-L2A_data.tiff"
+    )
+    missing.unlink()
+    assert worldstrat.main(["--src", str(tmp_path), "--out", str(tmp_path / "stop")]) == 1
+    assert str(missing) in caplog.text
+    small = tmp_path / "hr_dataset" / "UNHCR-SSDs008823" / "UNHCR-SSDs008823_ps.tiff"
+    write_tif(small, np.zeros((4, 1000, 1000), np.uint16), 1.5)
+    caplog.clear()
+    args = ["--src", str(tmp_path), "--out", str(tmp_path / "skip"), "--on-error", "skip"]
+    assert worldstrat.main([*args, "--splits", "train,val,test"]) == 0
+    assert str(missing) in caplog.text and f"{small}: shape (4, 1000, 1000)" in caplog.text
+    # Only the test AOI was readable: the other splits are left out, and so are statistics.
+    info = json.loads((tmp_path / "skip" / "dataset_info.json").read_text())
+    assert [split["name"] for split in info["splits"]] == ["test"]
+    assert len(read(tmp_path / "skip", "test")) == 16
+    assert common.load_stats(tmp_path / "skip") == {}
