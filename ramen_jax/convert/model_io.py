@@ -1,0 +1,242 @@
+"""The ramen_jax model checkpoint: a directory that ``train --config.init_from`` and
+``encode --checkpoint`` load.
+
+Layout::
+
+    DIR/model_config.json   ModelConfig fields + "has_decoder"
+    DIR/state/              Orbax PyTree checkpoint of {"params": ..., "batch_stats": ...}
+
+The two trees are the plain nested dicts of ``state.split_model`` (an encoder-only checkpoint,
+e.g. from the released PyTorch weights, holds only their ``encoder`` subtrees). Arrays are
+written as host NumPy arrays and restored as NumPy arrays whatever the writer's or the
+reader's device count; callers place them on devices themselves. Orbax stores dict keys as
+strings, so the block indices (int keys) are restored by walking the tree the config implies,
+which also checks every key, shape and dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from ramen_jax.model import state as state_lib
+from ramen_jax.model.mae import ModelConfig
+
+CONFIG_FILE = "model_config.json"
+STATE_DIR = "state"
+_COLLECTIONS = ("params", "batch_stats")
+
+
+class ModelCheckpointError(ValueError):
+    """A model checkpoint directory that is missing, incomplete or does not match its config."""
+
+
+def config_to_dict(config: ModelConfig, has_decoder: bool) -> dict:
+    out = dataclasses.asdict(config)
+    out["kinds"] = list(config.kinds)
+    out["has_decoder"] = bool(has_decoder)
+    return out
+
+
+def config_from_dict(data: dict, what: str = CONFIG_FILE) -> tuple[ModelConfig, bool]:
+    """``(ModelConfig, has_decoder)``; unknown or badly typed fields raise a clear error."""
+    data = dict(data)
+    has_decoder = data.pop("has_decoder", True)
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ModelCheckpointError(f"{what}: unknown ModelConfig field(s) {unknown}")
+    if "kinds" in data:
+        data["kinds"] = tuple(data["kinds"])
+    try:
+        return ModelConfig(**data), bool(has_decoder)
+    except (TypeError, ValueError) as e:
+        raise ModelCheckpointError(f"{what}: {e}") from e
+
+
+@functools.lru_cache(maxsize=8)
+def _abstract_trees(config: ModelConfig) -> tuple[dict, dict]:
+    _, params, batch_stats = state_lib.split_model(state_lib.abstract_model(config))
+    return params, batch_stats
+
+
+def expected_trees(config: ModelConfig, has_decoder: bool) -> tuple[dict, dict]:
+    """``(params, batch_stats)`` of ``jax.ShapeDtypeStruct`` for this config (no memory).
+
+    The trees are cached and shared: do not modify them.
+    """
+    params, batch_stats = _abstract_trees(config)
+    parts = ("encoder", "decoder") if has_decoder else ("encoder",)
+
+    def keep(tree):
+        return {k: v for k, v in tree.items() if k in parts}
+
+    return keep(params), keep(batch_stats)
+
+
+def read_model_config(directory) -> tuple[ModelConfig, bool]:
+    directory = pathlib.Path(directory)
+    if not directory.exists():
+        raise ModelCheckpointError(f"model checkpoint directory {directory} does not exist")
+    if not directory.is_dir():
+        raise ModelCheckpointError(f"{directory} is not a directory (a model checkpoint is one)")
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise ModelCheckpointError(
+            f"{directory} is not a ramen_jax model checkpoint: no {path.name}"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelCheckpointError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ModelCheckpointError(f"{path}: expected a JSON object")
+    return config_from_dict(data, str(path))
+
+
+def _is_float(dtype) -> bool:
+    return bool(jnp.issubdtype(dtype, jnp.floating))  # bfloat16 included, unlike NumPy's
+
+
+def _mismatches(tree, expected, prefix="") -> list[str]:
+    """Differences between ``tree`` and ``expected`` (keys, shapes, dtypes), one line each."""
+    out = []
+    for key in sorted(set(tree) | set(expected), key=str):
+        name = f"{prefix}{key}"
+        if key not in tree:
+            out.append(f"missing {name}")
+        elif key not in expected:
+            out.append(f"unexpected {name}")
+        elif isinstance(expected[key], dict) != isinstance(tree[key], dict):
+            out.append(f"wrong structure at {name}")
+        elif isinstance(expected[key], dict):
+            out.extend(_mismatches(tree[key], expected[key], name + "."))
+        else:
+            got, want = tree[key], expected[key]
+            if tuple(np.shape(got)) != tuple(want.shape):
+                out.append(f"{name}: shape {tuple(np.shape(got))} (expected {tuple(want.shape)})")
+            elif _is_float(got.dtype) != _is_float(want.dtype):
+                out.append(f"{name}: dtype {got.dtype} (expected {want.dtype})")
+    return out
+
+
+def check_trees(params, batch_stats, config: ModelConfig, has_decoder: bool, what: str) -> None:
+    expected = dict(zip(_COLLECTIONS, expected_trees(config, has_decoder), strict=True))
+    problems = _mismatches({"params": params, "batch_stats": batch_stats}, expected)
+    if problems:
+        shown = "; ".join(problems[:20])
+        if len(problems) > 20:
+            shown += f"; ... ({len(problems)} in all)"
+        raise ModelCheckpointError(f"{what} does not match its model config: {shown}")
+
+
+def save_model(
+    directory,
+    config: ModelConfig,
+    params: dict,
+    batch_stats: dict,
+    has_decoder: bool = True,
+    *,
+    overwrite: bool = False,
+) -> pathlib.Path:
+    """Writes a model checkpoint directory; returns its path.
+
+    ``params`` / ``batch_stats`` are the nested dicts of ``state.split_model`` (only their
+    ``encoder`` subtrees when ``has_decoder`` is False). Arrays are fetched to the host first.
+    An existing checkpoint in ``directory`` is replaced only with ``overwrite``.
+    """
+    directory = pathlib.Path(directory).absolute()
+    params, batch_stats = jax.device_get((params, batch_stats))
+    params = jax.tree.map(np.asarray, params)
+    batch_stats = jax.tree.map(np.asarray, batch_stats)
+    check_trees(params, batch_stats, config, has_decoder, "the state to save")
+    ours = [directory / CONFIG_FILE, directory / STATE_DIR]
+    if any(p.exists() for p in ours):
+        if not overwrite:
+            raise FileExistsError(f"{directory} already holds a model checkpoint (use overwrite)")
+        (directory / CONFIG_FILE).unlink(missing_ok=True)
+        shutil.rmtree(directory / STATE_DIR, ignore_errors=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    checkpointer = ocp.PyTreeCheckpointer()
+    checkpointer.save(directory / STATE_DIR, {"params": params, "batch_stats": batch_stats})
+    # The config goes last: a directory with model_config.json holds a complete checkpoint.
+    text = json.dumps(config_to_dict(config, has_decoder), indent=2) + "\n"
+    (directory / CONFIG_FILE).write_text(text)
+    return directory
+
+
+def _rekey(tree: dict, expected: dict) -> dict:
+    """Orbax's string keys back to the expected keys (ints for block indices)."""
+    by_str = {str(k): k for k in expected}
+    out = {}
+    for key, value in tree.items():
+        target = by_str.get(str(key), key)
+        sub = expected.get(target)
+        out[target] = (
+            _rekey(value, sub) if isinstance(value, dict) and isinstance(sub, dict) else value
+        )
+    return out
+
+
+def _restore(path: pathlib.Path) -> dict:
+    checkpointer = ocp.PyTreeCheckpointer()
+    try:
+        metadata = checkpointer.metadata(path).item_metadata.tree
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+        return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    except Exception as e:  # Orbax/TensorStore raise many types for unreadable files
+        raise ModelCheckpointError(f"cannot read the Orbax checkpoint {path}: {e}") from e
+
+
+def load_model(directory) -> tuple[ModelConfig, dict, dict, bool]:
+    """``(config, params, batch_stats, has_decoder)`` from a model checkpoint directory.
+
+    Arrays come back as host NumPy arrays in the saved dtypes, with the key structure of
+    ``state.split_model`` (int block indices); any missing, extra or mis-shaped entry raises
+    ``ModelCheckpointError``.
+    """
+    directory = pathlib.Path(directory).absolute()
+    config, has_decoder = read_model_config(directory)
+    path = directory / STATE_DIR
+    if not path.is_dir():
+        raise ModelCheckpointError(f"{directory} has {CONFIG_FILE} but no {STATE_DIR}/ checkpoint")
+    restored = _restore(path)
+    if not isinstance(restored, dict) or set(restored) != set(_COLLECTIONS):
+        keys = sorted(restored) if isinstance(restored, dict) else type(restored).__name__
+        raise ModelCheckpointError(f"{path}: expected params and batch_stats, found {keys}")
+    expected = dict(zip(_COLLECTIONS, expected_trees(config, has_decoder), strict=True))
+    params = _rekey(restored["params"], expected["params"])
+    batch_stats = _rekey(restored["batch_stats"], expected["batch_stats"])
+    check_trees(params, batch_stats, config, has_decoder, str(path))
+    return config, params, batch_stats, has_decoder
+
+
+def flat_from_trees(params: dict, batch_stats: dict) -> dict:
+    """One flat ``{path: array}`` state (what ``mapping.to_torch`` takes)."""
+    flat = state_lib.flatten_dict(params)
+    flat.update(state_lib.flatten_dict(batch_stats))
+    return flat
+
+
+def model_from_checkpoint(directory, dtype=None):
+    """``(RamenMAE, has_decoder)`` holding the checkpoint's state (for encoding).
+
+    An encoder-only checkpoint gets an all-zero decoder: enough for ``model.encoder``, useless
+    for reconstructions. Training from such a checkpoint initialises its own decoder instead
+    (``load_model`` and merge).
+    """
+    config, params, batch_stats, has_decoder = load_model(directory)
+    flat = flat_from_trees(params, batch_stats)
+    if not has_decoder:
+        for path, leaf in flat_from_trees(*_abstract_trees(config)).items():
+            if path[0] == "decoder":
+                flat[path] = np.zeros(leaf.shape, leaf.dtype)
+    return state_lib.model_from_flat(config, flat, dtype or np.float32), has_decoder
