@@ -58,7 +58,6 @@ def _run(file, f64):
                 graphdef=graphdef,
                 specs=tuple(specs),
                 optimizer=optimizer,
-                seed=0,
                 overrides=overrides,
                 noise=noise,
             )

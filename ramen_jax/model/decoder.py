@@ -21,7 +21,7 @@ from flax import nnx
 from ramen_jax import sensors
 from ramen_jax.model import tokens as tok
 from ramen_jax.model.encodings import day_of_year_code, grid_position_code
-from ramen_jax.model.layers import Block, Dense, LayerNorm
+from ramen_jax.model.layers import Block, Dense, LayerNorm, run_blocks
 from ramen_jax.model.projectors import build_projectors, projection_matrix
 from ramen_jax.model.resampler import ScaleResampler
 
@@ -41,9 +41,11 @@ class Decoder(nnx.Module):
         dtype=None,
         param_dtype=jnp.float32,
         attention_impl: str | None = None,
+        remat: bool = False,
     ):
         self.decoder_dim = decoder_dim
         self.dtype = dtype
+        self.remat = remat
         self.decoder_embed = Dense(
             embed_dim,
             decoder_dim,
@@ -108,8 +110,7 @@ class Decoder(nnx.Module):
         batch = x.shape[0]
         mask = jnp.concatenate([jnp.ones((1,), bool), layout["token_valid"]])
         mask = jnp.broadcast_to(mask, (batch, mask.shape[0]))
-        for block in self.blocks:
-            x = block(x, mask)
+        x = run_blocks(self.blocks, x, mask, self.remat)
         return self.norm(x)
 
     def temporal(self, tokens, batch, specs, layout, overrides=None):

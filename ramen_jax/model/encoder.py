@@ -21,7 +21,7 @@ from flax import nnx
 from ramen_jax import sensors
 from ramen_jax.model import tokens as tok
 from ramen_jax.model.encodings import grid_position_code
-from ramen_jax.model.layers import Block, LayerNorm, param, trunc_normal_init
+from ramen_jax.model.layers import Block, LayerNorm, param, run_blocks, trunc_normal_init
 from ramen_jax.model.ltae import LTAE
 from ramen_jax.model.projectors import build_projectors, projection_matrix
 from ramen_jax.model.resampler import ScaleResampler
@@ -42,9 +42,11 @@ class Encoder(nnx.Module):
         param_dtype=jnp.float32,
         attention_impl: str | None = None,
         ltae_attention_dropout: float = 0.0,
+        remat: bool = False,
     ):
         self.embed_dim = embed_dim
         self.dtype = dtype
+        self.remat = remat
         self.cls_token = param(
             rngs, trunc_normal_init(0.02), (1, 1, embed_dim), (None, None, "embed"), param_dtype
         )
@@ -133,15 +135,39 @@ class Encoder(nnx.Module):
             layout["token_row"], layout["token_col"], layout["effective_gsd"], self.embed_dim
         )
 
-    def transform(self, tokens, key_mask):
-        """Class token + ViT blocks + final norm. tokens ``[B, N, D]``, key_mask ``[B, N]``."""
+    def _with_cls(self, tokens, key_mask):
         batch = tokens.shape[0]
         cls = jnp.broadcast_to(self.cls_token[...].astype(tokens.dtype), (batch, 1, self.embed_dim))
-        x = jnp.concatenate([cls, tokens], axis=1)
         mask = jnp.concatenate([jnp.ones((batch, 1), bool), key_mask], axis=1)
-        for block in self.blocks:
-            x = block(x, mask)
+        return jnp.concatenate([cls, tokens], axis=1), mask
+
+    def transform(self, tokens, key_mask):
+        """Class token + ViT blocks + final norm. tokens ``[B, N, D]``, key_mask ``[B, N]``."""
+        x, mask = self._with_cls(tokens, key_mask)
+        x = run_blocks(self.blocks, x, mask, self.remat)
         return self.norm(x)
+
+    def block_outputs(self, batch, specs, blocks: Sequence[int]) -> list:
+        """Outputs ``[B, 1 + L, D]`` after each block index in ``blocks`` (0-based), as
+        PANGAEA's RAMEN encoder returns them: the final norm only follows the last block."""
+        layout = batch["layout"]
+        x = self.embed(batch, specs, train=False)
+        x = x + self.position_code(layout).astype(x.dtype)
+        x, mask = self._with_cls(x, jnp.broadcast_to(layout["token_valid"], x.shape[:2]))
+        last = len(self.blocks) - 1
+        bad = [b for b in blocks if not 0 <= b <= last]
+        if bad:
+            raise ValueError(f"block indices {bad} out of range 0..{last}")
+        outputs = {}
+        for j, block in enumerate(self.blocks):
+            x = block(x, mask)
+            if j == last:
+                x = self.norm(x)
+            if j in blocks:
+                outputs[j] = x
+            if j >= max(blocks):
+                break
+        return [outputs[b] for b in blocks]
 
     def __call__(
         self, batch, specs: Sequence[sensors.ModalitySpec], *, train: bool = False, overrides=None

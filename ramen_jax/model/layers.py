@@ -264,3 +264,12 @@ class ProjectorMlp(nnx.Module):
 
     def __call__(self, x):
         return self.norm(self.fc2(gelu(self.fc1(x))))
+
+
+def run_blocks(blocks, x, key_mask, remat: bool = False):
+    """Applies ``blocks`` in order; with ``remat`` each block's activations are recomputed in
+    the backward pass instead of stored (``nnx.remat``)."""
+    call = nnx.remat(lambda block, y, m: block(y, m)) if remat else (lambda b, y, m: b(y, m))
+    for block in blocks:
+        x = call(block, x, key_mask)
+    return x

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -37,6 +38,7 @@ class ModelConfig:
     block_norm_eps: float = 1e-6
     ltae_attention_dropout: float = 0.0
     attention_impl: str | None = None
+    remat: bool = False
 
     def __post_init__(self):
         kinds = tuple(sorted(set(self.kinds)))
@@ -61,6 +63,7 @@ class RamenMAE(nnx.Module):
             param_dtype=param_dtype,
             attention_impl=config.attention_impl,
             ltae_attention_dropout=config.ltae_attention_dropout,
+            remat=config.remat,
         )
         self.decoder = Decoder(
             kinds=config.kinds,
@@ -74,6 +77,7 @@ class RamenMAE(nnx.Module):
             dtype=dtype,
             param_dtype=param_dtype,
             attention_impl=config.attention_impl,
+            remat=config.remat,
         )
 
     def kept_slots(self, length: int) -> int:
@@ -88,6 +92,7 @@ class RamenMAE(nnx.Module):
         train: bool = True,
         overrides=None,
         dropout_key=None,
+        contrastive_temperature: float | None = None,
     ):
         """Masked forward + loss.
 
@@ -97,6 +102,8 @@ class RamenMAE(nnx.Module):
           noise: uniform ``[B, L]`` masking noise (padded slots are overridden).
           overrides: test-only fixed tables (``pos_code``, ``dec_pos_code``,
             ``ltae_date_code``, ``dec_date_code``).
+          contrastive_temperature: if set, also returns ``contrastive``, the cross-modal InfoNCE
+            term (``contrastive_loss``).
         Returns:
           dict with ``loss`` (sum over kept modalities), ``losses`` per modality, ``mask``
           ``[B, L]`` (1 = hidden), ``ids_restore``, ``latent``, ``dec_tokens``, ``recon``.
@@ -117,6 +124,12 @@ class RamenMAE(nnx.Module):
         kept_valid = jnp.broadcast_to(jnp.arange(slots) < layout["num_keep"], kept.shape[:2])
         latent = encoder.transform(kept, kept_valid)
 
+        extra = {}
+        if contrastive_temperature is not None:
+            kept_modality = layout["token_modality"][ids_shuffle[:, :slots]]
+            extra["contrastive"] = self.contrastive_loss(
+                kept, kept_valid, layout["kept_rank"][kept_modality], contrastive_temperature
+            )
         dec_tokens, recon = self.decoder(latent, ids_restore, batch, specs, overrides=overrides)
         mask = (ids_restore >= layout["num_keep"]).astype(jnp.float32)
 
@@ -142,7 +155,37 @@ class RamenMAE(nnx.Module):
             "latent": latent,
             "dec_tokens": dec_tokens,
             "recon": recon,
+            **extra,
         }
+
+    def contrastive_loss(self, kept, kept_valid, kept_rank, temperature):
+        """Cross-modal InfoNCE between two disjoint modality groups of the same samples.
+
+        The visible tokens are split by the kept rank of their modality (even ranks vs odd
+        ranks: two disjoint, non-empty subsets whenever two or more modalities are kept); each
+        group is encoded on its own, mean-pooled and L2-normalised, and the symmetric InfoNCE
+        (CLIP-style) aligns the two views of each sample against the other samples of the
+        global batch. Samples with an empty group are left out; with fewer than two kept
+        modalities the term is 0.
+        """
+        groups = [kept_valid & (kept_rank % 2 == g) for g in (0, 1)]
+        pooled = []
+        for mask in groups:
+            x = self.encoder.transform(kept, mask)[:, 1:].astype(jnp.float32)
+            w = mask[..., None].astype(jnp.float32)
+            mean = jnp.sum(x * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
+            pooled.append(mean / jnp.maximum(jnp.linalg.norm(mean, axis=-1, keepdims=True), 1e-6))
+        valid = jnp.any(groups[0], axis=1) & jnp.any(groups[1], axis=1)
+        logits = pooled[0] @ pooled[1].T / temperature
+        pair = valid[:, None] & valid[None, :]
+        logits = jnp.where(pair, logits, -1e9)
+
+        def cross_entropy(lg):
+            return -jnp.diagonal(jax.nn.log_softmax(lg, axis=-1))
+
+        per_sample = 0.5 * (cross_entropy(logits) + cross_entropy(logits.T))
+        count = jnp.sum(valid)
+        return jnp.where(count > 1, jnp.sum(per_sample * valid) / jnp.maximum(count, 1), 0.0)
 
 
 def make_model(config: ModelConfig, seed: int = 0, dtype=None, param_dtype=jnp.float32) -> RamenMAE:

@@ -13,16 +13,14 @@ def build_model(
     config: ModelConfig, seed: int = 0, dtype=None, param_dtype=jnp.float32
 ) -> RamenMAE:
     """A model with freshly initialised parameters (unsharded; see training for sharded)."""
-    with nnx.use_eager_sharding(False):
-        return RamenMAE(config, rngs=nnx.Rngs(params=seed), dtype=dtype, param_dtype=param_dtype)
+    return RamenMAE(config, rngs=nnx.Rngs(params=seed), dtype=dtype, param_dtype=param_dtype)
 
 
 def abstract_model(config: ModelConfig, dtype=None, param_dtype=jnp.float32) -> RamenMAE:
     """Shapes only, no memory: ``nnx.eval_shape`` of ``build_model``."""
-    with nnx.use_eager_sharding(False):
-        return nnx.eval_shape(
-            lambda: RamenMAE(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype)
-        )
+    return nnx.eval_shape(
+        lambda: RamenMAE(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype)
+    )
 
 
 def model_from_flat(config: ModelConfig, flat: dict, dtype=jnp.float32) -> RamenMAE:

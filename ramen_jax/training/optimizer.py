@@ -101,3 +101,17 @@ def torch_adamw(
         return pick(0), new_state
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def learning_rate_schedule(optim_config, total_steps: int, steps_per_epoch: int):
+    """Linear warmup from ``start_lr`` to ``lr`` over ``warmup_epochs``, then cosine decay to
+    ``end_lr`` at ``total_steps`` (the original's epoch-wise schedule, stepped per step)."""
+    warmup = int(round(optim_config.warmup_epochs * steps_per_epoch))
+    warmup = min(warmup, max(total_steps - 1, 0))
+    cosine = optax.cosine_decay_schedule(
+        optim_config.lr, max(total_steps - warmup, 1), alpha=optim_config.end_lr / optim_config.lr
+    )
+    if warmup == 0:
+        return cosine
+    ramp = optax.linear_schedule(optim_config.start_lr, optim_config.lr, warmup)
+    return optax.join_schedules([ramp, cosine], [warmup])

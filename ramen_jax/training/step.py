@@ -3,12 +3,15 @@
 ``train_step(state, batch, ...) -> (state, metrics)`` is a pure function of plain pytrees
 (``TrainState``): the training loop jits it once per batch signature with donated state. The
 masking noise and the L-TAE dropout key come from ``fold_in(seed, step)``, so a resumed run
-draws exactly what an uninterrupted run would.
+draws exactly what an uninterrupted run would. With ``grad_accum = A`` the batch is split into
+A micro-batches scanned in order (BatchNorm running statistics updated after each, gradients
+averaged), then one optimiser step is taken.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -19,6 +22,8 @@ from ramen_jax import sensors
 from ramen_jax.model import state as state_lib
 from ramen_jax.model.participation import participating
 
+BATCH_KEYS = ("pixels", "dates", "time_valid")
+
 
 class TrainState(NamedTuple):
     step: jnp.ndarray
@@ -27,23 +32,52 @@ class TrainState(NamedTuple):
     opt_state: Any
 
 
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """Static options of the step (part of the jit cache key)."""
+
+    seed: int = 0
+    grad_accum: int = 1
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.1
+
+
 def participation_tree(params, specs: Sequence[sensors.ModalitySpec], kept):
     flags = participating(state_lib.flatten_dict(params).keys(), specs, kept)
     return state_lib.unflatten_dict(flags)
 
 
 def loss_and_grads(
-    graphdef, params, batch_stats, batch, specs, noise, *, overrides=None, dropout_key=None
+    graphdef,
+    params,
+    batch_stats,
+    batch,
+    specs,
+    noise,
+    *,
+    overrides=None,
+    dropout_key=None,
+    options: StepOptions = StepOptions(),
 ):
-    """Train-mode forward (BatchNorm batch statistics, running stats updated) and gradients.
-
-    Returns ``(outputs, new_batch_stats, grads)``.
-    """
+    """Train-mode forward (BatchNorm batch statistics, running stats updated) and gradients of
+    the MAE loss (+ the weighted contrastive term). Returns ``(outputs, new_stats, grads)``."""
+    contrastive = options.contrastive_weight > 0
 
     def loss_fn(p):
         model = state_lib.merge_model(graphdef, p, batch_stats)
-        out = model(batch, specs, noise, train=True, overrides=overrides, dropout_key=dropout_key)
-        return out["loss"], (out, state_lib.pure_batch_stats(model))
+        out = model(
+            batch,
+            specs,
+            noise,
+            train=True,
+            overrides=overrides,
+            dropout_key=dropout_key,
+            contrastive_temperature=options.contrastive_temperature if contrastive else None,
+        )
+        total = out["loss"]
+        if contrastive:
+            total = total + options.contrastive_weight * out["contrastive"]
+        return total, (out, state_lib.pure_batch_stats(model))
 
     (_, (out, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return out, new_stats, grads
@@ -55,37 +89,112 @@ def step_keys(seed: int, step):
     return jax.random.split(key)
 
 
+def _micro_batches(batch, noise, count: int):
+    def split(x):
+        return x.reshape(count, x.shape[0] // count, *x.shape[1:])
+
+    parts = {k: jax.tree.map(split, batch[k]) for k in BATCH_KEYS}
+    return parts, split(noise)
+
+
+def _scalars(out) -> dict:
+    metrics = {"loss": out["loss"], **{f"loss/{k}": v for k, v in out["losses"].items()}}
+    if "contrastive" in out:
+        metrics["contrastive"] = out["contrastive"]
+    return metrics
+
+
+def accumulated_grads(
+    graphdef,
+    state: TrainState,
+    batch,
+    specs,
+    noise,
+    dropout_key,
+    options: StepOptions,
+    overrides=None,
+):
+    """Gradients over ``options.grad_accum`` micro-batches; returns (metrics, stats, grads)."""
+    if options.grad_accum == 1:
+        out, stats, grads = loss_and_grads(
+            graphdef,
+            state.params,
+            state.batch_stats,
+            batch,
+            specs,
+            noise,
+            overrides=overrides,
+            dropout_key=dropout_key,
+            options=options,
+        )
+        return _scalars(out), stats, grads
+    parts, noises = _micro_batches(batch, noise, options.grad_accum)
+
+    def body(carry, xs):
+        stats, grad_sum, metric_sum = carry
+        part, part_noise, index = xs
+        micro = {**part, "layout": batch["layout"]}
+        out, stats, grads = loss_and_grads(
+            graphdef,
+            state.params,
+            stats,
+            micro,
+            specs,
+            part_noise,
+            dropout_key=jax.random.fold_in(dropout_key, index),
+            options=options,
+        )
+        grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+        metric_sum = jax.tree.map(jnp.add, metric_sum, _scalars(out))
+        return (stats, grad_sum, metric_sum), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    names = ["loss"] + [f"loss/{spec.name}" for spec in specs]
+    names += ["contrastive"] if options.contrastive_weight > 0 else []
+    metric_zeros = {name: jnp.zeros((), jnp.float32) for name in names}
+    (stats, grad_sum, metric_sum), _ = jax.lax.scan(
+        body,
+        (state.batch_stats, zeros, metric_zeros),
+        (parts, noises, jnp.arange(options.grad_accum)),
+    )
+    scale = 1.0 / options.grad_accum
+    grads = jax.tree.map(lambda g: g * scale, grad_sum)
+    metrics = jax.tree.map(lambda m: m * scale, metric_sum)
+    return metrics, stats, grads
+
+
 def train_step(
-    state: TrainState, batch, *, graphdef, specs, optimizer, seed: int, overrides=None, noise=None
+    state: TrainState,
+    batch,
+    *,
+    graphdef,
+    specs,
+    optimizer,
+    options: StepOptions = StepOptions(),
+    learning_rate: Callable | None = None,
+    overrides=None,
+    noise=None,
 ):
     """One optimiser step. ``noise`` may be injected (tests); otherwise drawn from the step key.
 
-    Returns ``(new_state, metrics)``; metrics hold the total and per-modality losses, the
-    pre-clip gradient norm and the learning-rate step.
+    Returns ``(new_state, metrics)``: the total and per-modality losses, the contrastive term if
+    enabled, the pre-clip gradient norm and the learning rate of the step.
     """
-    noise_key, dropout_key = step_keys(seed, state.step)
+    noise_key, dropout_key = step_keys(options.seed, state.step)
     if noise is None:
         batch_size = next(iter(batch["pixels"].values())).shape[0]
         length = batch["layout"]["token_valid"].shape[0]
         noise = jax.random.uniform(noise_key, (batch_size, length))
-    out, new_stats, grads = loss_and_grads(
-        graphdef,
-        state.params,
-        state.batch_stats,
-        batch,
-        specs,
-        noise,
-        overrides=overrides,
-        dropout_key=dropout_key,
+    metrics, new_stats, grads = accumulated_grads(
+        graphdef, state, batch, specs, noise, dropout_key, options, overrides
     )
     active = participation_tree(state.params, specs, batch["layout"]["kept"])
     updates, opt_state = optimizer.update(
         grads, state.opt_state, state.params, participating=active
     )
     params = optax.apply_updates(state.params, updates)
-    metrics = {
-        "loss": out["loss"],
-        "grad_norm": optax.tree.norm(grads),
-        **{f"loss/{k}": v for k, v in out["losses"].items()},
-    }
+    metrics["loss_per_modality"] = metrics["loss"] / jnp.sum(batch["layout"]["kept"])
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    if learning_rate is not None:
+        metrics["lr"] = learning_rate(state.step)
     return TrainState(state.step + 1, params, new_stats, opt_state), metrics

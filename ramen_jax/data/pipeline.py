@@ -1,0 +1,234 @@
+"""The Grain input pipeline: step plan -> samples -> normalised, padded batch + token layout.
+
+``grain.MapDataset.range(total_steps).map(StepBatches(...))`` yields, for each step, the batch
+of *this process*: ``{"dataset", "step", "pixels", "dates", "time_valid", "layout"}``
+(``pixels[m]``: float32 ``[B_local, T_m, H_m, H_m, C_m]``). Because a step is a pure function of
+its index, the Grain iterator state (its next index) is all a checkpoint needs to resume to the
+exact next batch; ``mp_prefetch`` runs the map in worker processes.
+
+Why mixing happens per batch, not per sample: the original shares one dataset, one effective
+GSD and one modality subset across the whole batch (``ramen_jax.data.plan``). Shapes come from a
+closed set: every modality of the drawn dataset is always present at its native size (kept or
+not), time series are cut/padded to the modality's ``max_time_steps`` with a validity mask, and
+the token sequence is padded to the dataset's bucket (``ramen_jax.data.buckets``).
+
+Per sample: NaN/inf -> 0, then per-channel normalisation ``(x - mean) / std`` (an all-zero
+channel plane, i.e. a missing band or modality, stays zero as in the original); a time series
+longer than its slots is
+randomly sub-sampled (dates kept in order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import grain
+import jax
+import numpy as np
+
+from ramen_jax import geometry, sensors
+from ramen_jax.data import buckets as buckets_lib
+from ramen_jax.data import plan as plan_lib
+from ramen_jax.data.layout import build_layout, sequence_lengths
+from ramen_jax.data.sources import make_source
+
+
+class BatchError(ValueError):
+    """A sample that does not match its dataset's declared modalities."""
+
+
+@dataclasses.dataclass
+class DatasetPipeline:
+    name: str
+    specs: tuple  # ModalitySpec, batch order; specs[0] defines the grid
+    gsds: tuple
+    weight: float
+    global_batch: int
+    source: object
+    buckets: tuple
+    grid_pad: int
+
+    def bucket(self, kept_names: Sequence[str], gsd: float) -> buckets_lib.Bucket:
+        side = geometry.grid_side(self.specs[0].side, self.specs[0].gsd, gsd)
+        tokens, series = sequence_lengths(self.specs, kept_names, side)
+        return buckets_lib.pick_bucket(self.buckets, tokens, series)
+
+
+def modality_specs(modalities_config) -> tuple:
+    return tuple(
+        sensors.modality_from_dict(name, dict(value)) for name, value in modalities_config.items()
+    )
+
+
+def build_datasets(data_config, batch_shards: int, *, max_buckets: int | None = None) -> list:
+    """Datasets of ``config.data``; ``batch_shards`` = devices the batch is split over."""
+    out = []
+    max_buckets = max_buckets or data_config.get("max_buckets_per_dataset", 16)
+    for name, cfg in data_config.datasets.items():
+        specs = modality_specs(cfg.modalities)
+        gsds = tuple(float(g) for g in cfg.effective_gsds)
+        distribution = buckets_lib.step_distribution(specs, gsds)
+        out.append(
+            DatasetPipeline(
+                name=name,
+                specs=specs,
+                gsds=gsds,
+                weight=float(cfg.get("weight", 1.0)),
+                global_batch=int(cfg.per_device_batch) * batch_shards,
+                source=make_source(cfg.source),
+                buckets=tuple(buckets_lib.choose_buckets(distribution, max_buckets)),
+                grid_pad=buckets_lib.max_grid_side(specs[0], gsds),
+            )
+        )
+    return out
+
+
+def normalise(x: np.ndarray, mean, std) -> np.ndarray:
+    """NaN/inf -> 0, then ``(x - mean) / std`` per channel, as the original's loaders: an
+    all-zero channel plane (a missing band or modality) stays zero."""
+    x = np.asarray(x, np.float32)
+    x = np.where(np.isfinite(x), x, 0.0).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    present = np.any(x != 0, axis=(-3, -2), keepdims=True)  # [T, 1, 1, C]
+    y = np.where(present, y, 0.0)
+    return np.where(np.isfinite(y), y, 0.0).astype(np.float32)
+
+
+def prepare_sample(
+    sample: dict,
+    specs: Sequence[sensors.ModalitySpec],
+    stats: dict,
+    rng: np.random.Generator,
+    where: str = "sample",
+):
+    """Checks, normalises and pads one sample. Returns ``{m: (pixels, dates, valid)}``."""
+    out = {}
+    for spec in specs:
+        if spec.name not in sample:
+            raise BatchError(f"{where}: modality {spec.name!r} missing (has {sorted(sample)})")
+        x = np.asarray(sample[spec.name])
+        if x.ndim != 4 or x.shape[1:] != (spec.side, spec.side, spec.num_channels):
+            raise BatchError(
+                f"{where}: modality {spec.name!r} has shape {x.shape}, expected [T, {spec.side}, "
+                f"{spec.side}, {spec.num_channels}] ({spec.num_channels} channels declared)"
+            )
+        dates = np.asarray(sample.get(f"{spec.name}_dates", np.ones(x.shape[0])), np.int32)
+        if dates.shape != (x.shape[0],):
+            raise BatchError(
+                f"{where}: {spec.name}_dates has shape {dates.shape}, expected [{x.shape[0]}]"
+            )
+        slots = spec.max_time_steps
+        if x.shape[0] > slots:
+            keep = np.sort(rng.choice(x.shape[0], slots, replace=False))
+            x, dates = x[keep], dates[keep]
+        mean, std = stats[spec.name]
+        x = normalise(x, mean, std)
+        steps = x.shape[0]
+        pixels = np.zeros((slots, *x.shape[1:]), np.float32)
+        pixels[:steps] = x
+        padded_dates = np.ones(slots, np.int32)
+        padded_dates[:steps] = dates
+        out[spec.name] = (pixels, padded_dates, np.arange(slots) < steps)
+    return out
+
+
+class StepBatches:
+    """``step -> batch`` of this process (picklable, for Grain workers)."""
+
+    def __init__(
+        self,
+        datasets: Sequence[DatasetPipeline],
+        *,
+        seed: int,
+        mask_ratio: float,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        self.datasets = list(datasets)
+        self.seed = seed
+        self.mask_ratio = mask_ratio
+        self.process_index = process_index
+        self.process_count = process_count
+        self.plan = plan_lib.StepPlan(
+            [plan_lib.DatasetDraws(d.gsds, len(d.specs), d.weight) for d in self.datasets], seed
+        )
+        self._streams = {}
+
+    def stream(self, index: int) -> plan_lib.SampleStream:
+        if index not in self._streams:
+            self._streams[index] = plan_lib.SampleStream(
+                len(self.datasets[index].source), self.seed, index
+            )
+        return self._streams[index]
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 (bounded; a few hundred step signatures)
+    def layout(self, dataset_index: int, gsd: float, kept: tuple) -> dict:
+        d = self.datasets[dataset_index]
+        names = [d.specs[i].name for i in kept]
+        bucket = d.bucket(names, gsd)
+        return build_layout(
+            d.specs,
+            names,
+            gsd,
+            grid_pad=d.grid_pad,
+            token_bucket=bucket.tokens,
+            series_bucket=bucket.series,
+            mask_ratio=self.mask_ratio,
+        )
+
+    def draw(self, step: int) -> plan_lib.StepDraw:
+        return self.plan(step)
+
+    def __call__(self, step: int) -> dict:
+        draw = self.plan(int(step))
+        d = self.datasets[draw.dataset]
+        stream = self.stream(draw.dataset)
+        positions = plan_lib.local_positions(
+            draw.draw, d.global_batch, self.process_index, self.process_count
+        )
+        prepared = []
+        for position in positions:
+            index = stream[position]
+            rng = np.random.default_rng([self.seed, 0xDA7A, draw.dataset, position])
+            sample = d.source.load(index, rng)
+            prepared.append(
+                prepare_sample(
+                    sample, d.specs, d.source.stats(sample), rng, where=f"{d.name}[{index}]"
+                )
+            )
+        batch = {"pixels": {}, "dates": {}, "time_valid": {}}
+        for spec in d.specs:
+            for i, key in enumerate(("pixels", "dates", "time_valid")):
+                batch[key][spec.name] = np.stack([p[spec.name][i] for p in prepared])
+        batch["layout"] = self.layout(draw.dataset, draw.effective_gsd, draw.kept)
+        batch["dataset"] = d.name
+        batch["step"] = np.asarray(step, np.int64)
+        return batch
+
+
+def make_dataset(step_batches: StepBatches, total_steps: int) -> grain.MapDataset:
+    return grain.MapDataset.range(total_steps).map(step_batches)
+
+
+def make_iterator(
+    step_batches: StepBatches, total_steps: int, *, num_workers: int = 0, state: dict | None = None
+):
+    """A checkpointable Grain iterator over the steps (``get_state`` / ``set_state``)."""
+    ds = make_dataset(step_batches, total_steps).to_iter_dataset()
+    if num_workers > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    iterator = iter(ds)
+    if state is not None:
+        iterator.set_state(state)
+    return iterator
+
+
+def signature(batch: dict) -> tuple:
+    """What XLA compiles for: dataset and every array shape (the layout's included)."""
+    leaves = jax.tree_util.tree_flatten_with_path(
+        {k: v for k, v in batch.items() if k not in ("dataset", "step")}
+    )[0]
+    return (batch["dataset"],) + tuple((jax.tree_util.keystr(p), np.shape(v)) for p, v in leaves)

@@ -1,0 +1,124 @@
+"""Per-dataset sample sources: random access to raw samples and their normalisation statistics.
+
+A source has ``len(source)``, ``source.load(index, rng) -> dict`` (modality ``m`` ->
+``[T, H, W, C]`` raw values, ``m + "_dates"`` -> ``[T]`` day of year; ``rng`` drives any
+per-sample augmentation) and ``source.stats(sample) -> {m: (mean [C], std [C])}``. Sources are
+picklable so Grain worker processes can hold them. Registered by ``type`` in ``SOURCES``:
+
+- ``demo``: the six real BigEarthNet patches bundled with ``bigearthnet-common``
+  (``ramen_jax.data.demo``), randomly cropped (same ground footprint in every modality) and
+  flipped at every draw: an endless stream from a handful of patches;
+- ``records``: a dataset converted by ``data_prep`` (ArrayRecord + ``stats.json``). Statistics
+  keyed ``<m>_<product>`` are used when a sample carries ``<m>_product`` (MMEarth L1C / L2A).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ramen_jax.data import demo
+
+
+class SourceConfigError(ValueError):
+    pass
+
+
+class DemoSource:
+    def __init__(self, crop_fraction: float = 0.6):
+        self.crop_fraction = float(crop_fraction)
+        self._patches = None
+        self._stats = None
+
+    def _load_patches(self):
+        if self._patches is None:  # stats first: Grain reads from several threads
+            patches = demo.load_bigearthnet_patches()
+            self._stats = demo.normalisation_stats(patches)
+            self._patches = patches
+        return self._patches
+
+    def __getstate__(self):  # workers reload the (cached, in-memory) patches themselves
+        return {"crop_fraction": self.crop_fraction, "_patches": None, "_stats": None}
+
+    def __len__(self) -> int:
+        return len(self._load_patches())
+
+    def load(self, index: int, rng: np.random.Generator) -> dict:
+        patch = self._load_patches()[index]
+        return demo.random_crop_flip(patch, rng, self.crop_fraction)
+
+    def stats(self, sample: dict) -> dict:
+        self._load_patches()
+        return self._stats
+
+    @staticmethod
+    def modalities(crop_fraction: float = 0.6) -> dict:
+        """The demo's modality descriptions at the cropped sides."""
+        out = {}
+        for name, spec in demo.DEMO_MODALITIES.items():
+            full = spec["side"]
+            coarse = demo.PATCH_SIZE_M // 60
+            side = max(1, round(coarse * crop_fraction)) * (full // coarse)
+            out[name] = {**spec, "side": side}
+        return out
+
+
+class RecordSource:
+    def __init__(self, path: str, split: str = "train"):
+        self.path = os.fspath(path)
+        self.split = split
+        self._records = None
+        self._stats = None
+
+    def _open(self):
+        if self._records is None:
+            if not os.path.isdir(self.path):
+                raise SourceConfigError(
+                    f"dataset directory {self.path!r} does not exist: convert the dataset with "
+                    "python -m data_prep.<name> first (docs/data_prep.md)"
+                )
+            from data_prep import common  # the converters' package; TFDS only, no TensorFlow
+
+            self._stats = common.load_stats(self.path)  # first: Grain reads from several threads
+            self._records = common.load_split(self.path, self.split)
+        return self._records
+
+    def __getstate__(self):
+        return {"path": self.path, "split": self.split, "_records": None, "_stats": None}
+
+    def __len__(self) -> int:
+        return len(self._open())
+
+    def load(self, index: int, rng: np.random.Generator) -> dict:
+        del rng
+        return dict(self._open()[index])
+
+    def stats(self, sample: dict) -> dict:
+        self._open()
+        out = {}
+        for key, value in self._stats.items():
+            out[key] = (np.asarray(value["mean"]), np.asarray(value["std"]))
+        for key in list(sample):
+            if key.endswith("_product"):
+                modality = key[: -len("_product")]
+                product = sample[key]
+                product = product.decode() if isinstance(product, bytes) else str(product)
+                entry = self._stats.get(f"{modality}_{product}")
+                if entry is None:
+                    raise SourceConfigError(
+                        f"{self.path}: no statistics for {modality} product {product!r}"
+                    )
+                out[modality] = (np.asarray(entry["mean"]), np.asarray(entry["std"]))
+        return out
+
+
+SOURCES = {"demo": DemoSource, "records": RecordSource}
+
+
+def make_source(config) -> object:
+    kind = config.get("type")
+    if kind not in SOURCES:
+        raise SourceConfigError(f"unknown source type {kind!r}; known: {sorted(SOURCES)}")
+    options = {k: v for k, v in dict(config).items() if k != "type"}
+    return SOURCES[kind](**options)

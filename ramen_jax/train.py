@@ -1,0 +1,68 @@
+r"""Pretrain RAMEN: ``python -m ramen_jax.train --config configs/base.py --workdir DIR``.
+
+Kept short on purpose: parse flags, start the multi-process runtime when the job has several
+processes, call ``train_and_evaluate``. Any config field can be overridden with
+``--config.a.b=value`` (e.g. ``--config.total_steps=1000``). A run resumes automatically from
+the latest checkpoint in ``--workdir``. Exit code 143 means SIGTERM was received and a
+checkpoint was written (re-run the same command to continue).
+"""
+
+import os
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/base.py.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and previews go here.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 for a manual multi-process run."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes of a manual run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (manual run).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+# Environment variables that mean "several processes, let JAX detect the cluster".
+_CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+def _multi_process() -> bool:
+    if any(os.environ.get(k) for k in _CLUSTER_ENV):
+        return True
+    return int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def initialize_distributed() -> None:
+    if _COORDINATOR.value:
+        if os.environ.get("JAX_PLATFORMS") == "cpu":  # CPU processes talk through gloo
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+    elif _multi_process():
+        jax.distributed.initialize()
+
+
+def main(argv):
+    del argv
+    initialize_distributed()
+    from ramen_jax.training.trainer import Preempted, train_and_evaluate
+
+    logging.info(
+        "JAX %s: %d processes, %d devices (%d local)",
+        jax.__version__,
+        jax.process_count(),
+        jax.device_count(),
+        jax.local_device_count(),
+    )
+    try:
+        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except Preempted:
+        sys.exit(143)
+
+
+if __name__ == "__main__":
+    app.run(main)

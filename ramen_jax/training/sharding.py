@@ -1,0 +1,118 @@
+"""Mesh and logical-axis sharding: the config maps logical axis names to mesh axes.
+
+Model code names logical axes only (``embed``, ``mlp``, ``qkv``, ``heads``, ``dec_embed``,
+``batch``...; see ``ramen_jax.model.layers``). The config supplies the mesh shape
+(``data``, ``fsdp``, ``tensor``; ``-1`` = the remaining devices) and ``sharding_rules``
+(``[logical, mesh axis or list of mesh axes or None]``, first match wins). A dimension that a
+mesh axis does not divide is replicated instead, so odd widths (the 4-way gate, 16-wide L-TAE
+query) never fail to shard. Parameters are created directly with their sharding
+(``jax.eval_shape`` -> shardings -> ``jit(init, out_shardings=...)``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def make_mesh(mesh_config, devices: Sequence | None = None) -> jax.sharding.Mesh:
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = [int(mesh_config.get(axis, 1)) for axis in MESH_AXES]
+    if sizes.count(-1) > 1:
+        raise ValueError(
+            f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes, strict=True))}"
+        )
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"{len(devices)} devices cannot fill mesh {sizes}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ValueError(
+            f"mesh {dict(zip(MESH_AXES, sizes, strict=True))} needs {math.prod(sizes)} devices, "
+            f"{len(devices)} available"
+        )
+    auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    return jax.make_mesh(sizes, MESH_AXES, axis_types=auto, devices=devices)
+
+
+def _rule_table(rules) -> dict:
+    table = {}
+    for logical, mesh_axes in rules:
+        if logical not in table:
+            table[logical] = (
+                tuple(mesh_axes)
+                if isinstance(mesh_axes, (list, tuple))
+                else ((mesh_axes,) if mesh_axes else ())
+            )
+    return table
+
+
+def logical_to_mesh(spec: PartitionSpec, shape: Sequence[int], rules, mesh) -> PartitionSpec:
+    """Maps a logical PartitionSpec to mesh axes, replicating what cannot be split evenly."""
+    table = _rule_table(rules)
+    used: set = set()
+    out = []
+    for dim, logical in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
+        axes = tuple(a for a in table.get(logical, ()) if a not in used and mesh.shape[a] > 1)
+        size = math.prod(mesh.shape[a] for a in axes)
+        if not axes or dim % size:
+            out.append(None)
+            continue
+        used.update(axes)
+        out.append(axes[0] if len(axes) == 1 else axes)
+    return PartitionSpec(*out)
+
+
+def state_shardings(abstract_model, rules, mesh):
+    """NamedShardings for ``(params, batch_stats)`` as plain nested dicts."""
+
+    def shardings(var_type):
+        state = nnx.state(abstract_model, var_type)
+        specs = nnx.to_pure_dict(nnx.get_partition_spec(state))
+        shapes = nnx.to_pure_dict(state)
+        return jax.tree.map(
+            lambda spec, x: NamedSharding(mesh, logical_to_mesh(spec, x.shape, rules, mesh)),
+            specs,
+            shapes,
+            is_leaf=lambda x: isinstance(x, PartitionSpec),
+        )
+
+    return shardings(nnx.Param), shardings(nnx.BatchStat)
+
+
+def batch_sharding(mesh, rules) -> NamedSharding:
+    """Sharding of batch-major arrays: the leading axis over the ``batch`` rule's mesh axes."""
+    axes = tuple(a for a in _rule_table(rules).get("batch", ()) if mesh.shape[a] > 1)
+    lead = None if not axes else (axes[0] if len(axes) == 1 else axes)
+    return NamedSharding(mesh, PartitionSpec(lead))
+
+
+def batch_shards(mesh, rules) -> int:
+    axes = _rule_table(rules).get("batch", ())
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def replicated(mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def device_batch(batch: dict, mesh, rules):
+    """Host batch (this process's rows) -> global jax arrays: batch arrays split over the batch
+    axes, the layout (identical on every process) replicated."""
+    split = batch_sharding(mesh, rules)
+    rep = replicated(mesh)
+
+    def put(sharding):
+        return lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+    arrays = {k: jax.tree.map(put(split), batch[k]) for k in ("pixels", "dates", "time_valid")}
+    arrays["layout"] = jax.tree.map(put(rep), batch["layout"])
+    return arrays

@@ -1,0 +1,316 @@
+"""``train_and_evaluate(config, workdir)``: the MAE pretraining loop.
+
+One code path for a laptop CPU, one GPU, simulated CPU devices and every host of a TPU slice:
+mesh and sharding rules from the config, parameters created sharded, one jitted step per batch
+signature (dataset x token bucket) with donated state, metrics fetched to the host only every
+``log_every_steps``, Orbax checkpoints (async, keep-last-k, on SIGTERM, automatic resume),
+TensorBoard scalars and PNG reconstruction previews. A NaN/inf loss stops the run, naming the
+step and modality, before anything after the last good checkpoint is saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ramen_jax.data import pipeline
+from ramen_jax.model import loss as loss_lib
+from ramen_jax.model import state as state_lib
+from ramen_jax.model.mae import ModelConfig, RamenMAE
+from ramen_jax.training import checkpointing, previews, reporting, sharding
+from ramen_jax.training import step as step_lib
+from ramen_jax.training.optimizer import TorchAdamWState, learning_rate_schedule, torch_adamw
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
+
+
+class Preempted(Exception):
+    """SIGTERM received: a checkpoint was written, the run stops (exit code 143)."""
+
+
+def model_config_from(config, datasets) -> ModelConfig:
+    kinds = sorted({spec.kind for d in datasets for spec in d.specs})
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    values = {k: v for k, v in config.model.items() if k in fields}
+    values["attention_impl"] = values.get("attention_impl") or None
+    return ModelConfig(kinds=tuple(kinds), **values)
+
+
+def trainable_mask(params, optim_config):
+    """True for parameters the optimiser may change (``optim.trainable`` / ``optim.frozen``
+    regexes over '/'-joined paths, e.g. ``encoder/blocks/.*``)."""
+    keep = [re.compile(p) for p in optim_config.get("trainable", [])]
+    frozen = [re.compile(p) for p in optim_config.get("frozen", [])]
+
+    def flag(path):
+        name = "/".join(str(p) for p in path)
+        ok = not keep or any(p.fullmatch(name) for p in keep)
+        return ok and not any(p.fullmatch(name) for p in frozen)
+
+    flat = state_lib.flatten_dict(params)
+    mask = {path: flag(path) for path in flat}
+    if not any(mask.values()):
+        raise ValueError("optim.trainable / optim.frozen leave no trainable parameter")
+    return state_lib.unflatten_dict(mask)
+
+
+def _state_shardings(param_sh, stats_sh, mesh) -> step_lib.TrainState:
+    rep = sharding.replicated(mesh)
+    opt = TorchAdamWState(
+        step=rep, count=jax.tree.map(lambda _: rep, param_sh), mu=param_sh, nu=param_sh
+    )
+    return step_lib.TrainState(rep, param_sh, stats_sh, opt)
+
+
+def load_init_from(directory: str, state: step_lib.TrainState, reporter) -> step_lib.TrainState:
+    """Overwrites parameters (and BatchNorm stats) with those of a converted model checkpoint;
+    parameters the checkpoint lacks (e.g. a new sensor's projector) keep their fresh init."""
+    from ramen_jax.convert import model_io
+
+    _, params, stats, _ = model_io.load_model(directory)
+
+    def merge(current, loaded, what):
+        cur, new = state_lib.flatten_dict(current), state_lib.flatten_dict(loaded)
+        bad = [
+            f"{'/'.join(map(str, p))}: {np.shape(v)} vs {cur[p].shape}"
+            for p, v in new.items()
+            if p in cur and tuple(np.shape(v)) != cur[p].shape
+        ]
+        if bad:
+            raise ValueError(f"init_from {directory}: mis-shaped {what}: {bad}")
+        merged = {
+            p: (
+                jax.device_put(np.asarray(new[p], cur[p].dtype), cur[p].sharding) if p in new else v
+            )
+            for p, v in cur.items()
+        }
+        fresh = [p for p in cur if p not in new]
+        ignored = [p for p in new if p not in cur]
+        return state_lib.unflatten_dict(merged), fresh, ignored
+
+    params, fresh, ignored = merge(state.params, params, "parameters")
+    stats, _, _ = merge(state.batch_stats, stats, "batch statistics")
+    loaded = len(state_lib.flatten_dict(params)) - len(fresh)
+    reporter.message(
+        f"init_from {directory}: loaded {loaded} parameter arrays; freshly "
+        f"initialised: {len(fresh)}; ignored (not in this model): {len(ignored)}"
+    )
+    return state._replace(params=params, batch_stats=stats)
+
+
+class Trainer:
+    """Holds the compiled pieces of a run; ``run()`` is the loop."""
+
+    def __init__(self, config, workdir: str):
+        self.config = config
+        self.workdir = workdir
+        self.mesh = sharding.make_mesh(config.mesh)
+        self.rules = [tuple(r) for r in config.sharding_rules]
+        self.datasets = pipeline.build_datasets(
+            config.data, sharding.batch_shards(self.mesh, self.rules)
+        )
+        self.specs = {d.name: tuple(d.specs) for d in self.datasets}
+        self.model_config = model_config_from(config, self.datasets)
+        self.dtype = DTYPES[config.model.get("dtype", "float32")]
+        abstract = nnx.eval_shape(
+            lambda: RamenMAE(self.model_config, rngs=nnx.Rngs(0), dtype=self.dtype)
+        )
+        self.graphdef = nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
+        param_sh, stats_sh = sharding.state_shardings(abstract, self.rules, self.mesh)
+        self.schedule = learning_rate_schedule(
+            config.optim, config.total_steps, config.steps_per_epoch
+        )
+        params_abstract = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
+        optim = config.optim
+        self.optimizer = torch_adamw(
+            self.schedule,
+            b1=optim.b1,
+            b2=optim.b2,
+            eps=optim.eps,
+            weight_decay=optim.weight_decay,
+            max_grad_norm=optim.clip or None,
+            trainable=trainable_mask(params_abstract, optim),
+        )
+        self.state_sharding = _state_shardings(param_sh, stats_sh, self.mesh)
+        self.options = step_lib.StepOptions(
+            seed=config.seed,
+            grad_accum=config.optim.get("grad_accum", 1),
+            contrastive_weight=config.contrastive.weight,
+            contrastive_temperature=config.contrastive.temperature,
+        )
+        self._steps = {}
+        self._previews = {}
+        self.compiled_signatures: set = set()
+
+    def init_state(self) -> step_lib.TrainState:
+        def init():
+            model = RamenMAE(
+                self.model_config, rngs=nnx.Rngs(params=self.config.seed), dtype=self.dtype
+            )
+            _, params, stats = state_lib.split_model(model)
+            return step_lib.TrainState(
+                jnp.zeros((), jnp.int32), params, stats, self.optimizer.init(params)
+            )
+
+        return jax.jit(init, out_shardings=self.state_sharding)()
+
+    def abstract_state(self) -> dict:
+        shapes = jax.eval_shape(self.init_state)
+        return checkpointing.abstract_tree(shapes, self.state_sharding)
+
+    def step_fn(self, dataset: str):
+        if dataset not in self._steps:
+            fn = functools.partial(
+                step_lib.train_step,
+                graphdef=self.graphdef,
+                specs=self.specs[dataset],
+                optimizer=self.optimizer,
+                options=self.options,
+                learning_rate=self.schedule,
+            )
+            self._steps[dataset] = jax.jit(
+                fn,
+                out_shardings=(self.state_sharding, sharding.replicated(self.mesh)),
+                donate_argnums=0,
+            )
+        return self._steps[dataset]
+
+    def preview_fn(self, dataset: str):
+        """Eval-mode forward with the step's masking noise: first sample's recon + hidden mask."""
+        if dataset not in self._previews:
+            specs = self.specs[dataset]
+
+            def run(state, batch):
+                model = state_lib.merge_model(self.graphdef, state.params, state.batch_stats)
+                noise_key, _ = step_lib.step_keys(self.options.seed, state.step - 1)
+                length = batch["layout"]["token_valid"].shape[0]
+                batch_size = next(iter(batch["pixels"].values())).shape[0]
+                noise = jax.random.uniform(noise_key, (batch_size, length))
+                out = model(batch, specs, noise, train=False)
+                layout = batch["layout"]
+                side = layout["enc_resize"][specs[0].name].shape[0]
+                hidden = {
+                    s.name: loss_lib.pixel_weights(
+                        out["mask"],
+                        layout["grid_token"][s.name],
+                        layout["mask_index"][s.name],
+                        jnp.ones((batch_size, 1), bool),
+                        side,
+                    )[0, 0]
+                    for s in specs
+                }
+                return {k: v[0] for k, v in out["recon"].items()}, hidden
+
+            self._previews[dataset] = jax.jit(run)
+        return self._previews[dataset]
+
+    def run(self) -> step_lib.TrainState:
+        config, workdir = self.config, self.workdir
+        reporter = reporting.Reporter(workdir, config.total_steps, 0)
+        ckpt = checkpointing.Checkpointer(workdir, **config.checkpoint)
+        latest = ckpt.latest_step()
+        if latest is not None:
+            state, meta = ckpt.restore(latest, self.abstract_state())
+            reporter.message(
+                f"resumed from {ckpt.directory}/{latest} (data position {meta['next_step']})"
+            )
+        else:
+            state = self.init_state()
+            if config.init_from:
+                state = load_init_from(config.init_from, state, reporter)
+        start = int(jax.device_get(state.step))
+        reporter.last_step = start
+
+        batches = pipeline.StepBatches(
+            self.datasets,
+            seed=config.seed,
+            mask_ratio=self.model_config.mask_ratio,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        iterator = pipeline.make_iterator(
+            batches,
+            config.total_steps,
+            num_workers=config.data.num_workers,
+            state={"next_index": start},
+        )
+        stop = {"signal": False}
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
+        pending: list = []
+
+        def flush(step):
+            """Fetches the pending metrics, stops on NaN/inf, logs their mean over the window
+            (per-modality losses over the steps that kept the modality)."""
+            window = [(s, jax.device_get(m)) for s, m in pending]
+            for s, host in window:
+                reporting.check_finite(s, host)
+            if window:
+                reporter.log(step, reporting.window_mean([m for _, m in window]),
+                             {"compiles": len(self.compiled_signatures)})
+            pending.clear()
+
+        def save(step, wait=False):
+            flush(step)
+            meta = checkpointing.run_meta(step, config.seed, self.model_config, config)
+            ckpt.save(step, state, meta, wait=wait)
+
+        try:
+            for step in range(start, config.total_steps):
+                host_batch = next(iterator)
+                self.compiled_signatures.add(pipeline.signature(host_batch))
+                batch = sharding.device_batch(host_batch, self.mesh, self.rules)
+                state, metrics = self.step_fn(host_batch["dataset"])(state, batch)
+                done = step + 1
+                pending.append((done, metrics))
+                reporter.count_tokens(
+                    int(host_batch["layout"]["token_valid"].sum())
+                    * next(iter(host_batch["pixels"].values())).shape[0]
+                    * jax.process_count()
+                )
+                if done % config.log_every_steps == 0 or done == config.total_steps:
+                    flush(done)
+                if config.preview_every_steps and done % config.preview_every_steps == 0:
+                    self.write_preview(state, host_batch, batch, done)
+                if stop["signal"]:
+                    save(done, wait=True)
+                    reporter.message(f"SIGTERM: checkpoint saved at step {done}; stopping")
+                    raise Preempted(done)
+                if ckpt.should_save(done) or done == config.total_steps:
+                    save(done)
+            flush(config.total_steps)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            ckpt.close()
+            reporter.close()
+        return state
+
+    def write_preview(self, state, host_batch, batch, step):
+        recon, hidden = self.preview_fn(host_batch["dataset"])(state, batch)
+        if jax.process_index() == 0:
+            recon = {k: np.asarray(jax.device_get(v)) for k, v in recon.items()}
+            hidden = {k: np.asarray(jax.device_get(v)) for k, v in hidden.items()}
+            previews.write_previews(
+                os.path.join(self.workdir, "previews"),
+                step,
+                self.specs[host_batch["dataset"]],
+                host_batch,
+                recon,
+                hidden,
+            )
+
+
+def train_and_evaluate(config, workdir: str) -> step_lib.TrainState:
+    if "://" not in workdir:
+        os.makedirs(workdir, exist_ok=True)
+    if config.get("compilation_cache_dir"):
+        jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    return Trainer(config, workdir).run()
