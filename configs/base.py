@@ -141,7 +141,9 @@ def get_config(arg=None):
     c.data = ml_collections.ConfigDict()
     c.data.datasets = paper_datasets()
     c.data.max_buckets_per_dataset = 16
-    c.data.num_workers = 8
+    c.data.num_workers = 8  # worker processes preparing batches
+    c.data.num_threads = 2  # batches prepared concurrently per process
+    c.data.prefetch = 4  # ready batches waiting for the step
 
     c.optim = ml_collections.ConfigDict(
         {

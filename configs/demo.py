@@ -36,10 +36,10 @@ def get_config(arg=None):
         c.model.update(
             embed_dim=32, depth=1, num_heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=2
         )
-        c.data.datasets = base.demo_datasets(per_device_batch=2)
+        c.data.datasets = base.demo_datasets(per_device_batch=2, gsds=(60, 120))
         c.data.max_buckets_per_dataset = 2
         c.total_steps, c.log_every_steps, c.preview_every_steps = 6, 1, 3
-        c.checkpoint.update(every_steps=2, keep=10, async_save=False)
+        c.checkpoint.update(every_steps=5, keep=10)
     elif arg == "short":  # the same model, 60 steps: the suite's "does it learn" check
         c.data.max_buckets_per_dataset = 2
         c.total_steps, c.log_every_steps, c.preview_every_steps = 60, 10, 30

@@ -214,10 +214,22 @@ def make_dataset(step_batches: StepBatches, total_steps: int) -> grain.MapDatase
 
 
 def make_iterator(
-    step_batches: StepBatches, total_steps: int, *, num_workers: int = 0, state: dict | None = None
+    step_batches: StepBatches,
+    total_steps: int,
+    *,
+    num_workers: int = 0,
+    num_threads: int = 2,
+    prefetch: int = 4,
+    state: dict | None = None,
 ):
-    """A checkpointable Grain iterator over the steps (``get_state`` / ``set_state``)."""
-    ds = make_dataset(step_batches, total_steps).to_iter_dataset()
+    """A checkpointable Grain iterator over the steps (``get_state`` / ``set_state``).
+
+    ``num_threads`` batches are prepared concurrently and at most ``prefetch`` wait ready (a
+    batch can be large: Grain's defaults of 16 threads / 500 batches would hold hundreds in
+    memory in front of a slower training step); ``num_workers`` > 0 adds worker processes.
+    """
+    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+    ds = make_dataset(step_batches, total_steps).to_iter_dataset(options)
     if num_workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     iterator = iter(ds)

@@ -146,21 +146,26 @@ class Trainer:
             contrastive_weight=config.contrastive.weight,
             contrastive_temperature=config.contrastive.temperature,
         )
+        self._init = None
         self._steps = {}
         self._previews = {}
         self.compiled_signatures: set = set()
 
     def init_state(self) -> step_lib.TrainState:
-        def init():
-            model = RamenMAE(
-                self.model_config, rngs=nnx.Rngs(params=self.config.seed), dtype=self.dtype
-            )
-            _, params, stats = state_lib.split_model(model)
-            return step_lib.TrainState(
-                jnp.zeros((), jnp.int32), params, stats, self.optimizer.init(params)
-            )
+        """Fresh state, created directly with its shardings (jitted once per trainer)."""
+        if self._init is None:
 
-        return jax.jit(init, out_shardings=self.state_sharding)()
+            def init():
+                model = RamenMAE(
+                    self.model_config, rngs=nnx.Rngs(params=self.config.seed), dtype=self.dtype
+                )
+                _, params, stats = state_lib.split_model(model)
+                return step_lib.TrainState(
+                    jnp.zeros((), jnp.int32), params, stats, self.optimizer.init(params)
+                )
+
+            self._init = jax.jit(init, out_shardings=self.state_sharding)
+        return self._init()
 
     def abstract_state(self) -> dict:
         shapes = jax.eval_shape(self.init_state)
@@ -240,6 +245,8 @@ class Trainer:
             batches,
             config.total_steps,
             num_workers=config.data.num_workers,
+            num_threads=config.data.get("num_threads", 2),
+            prefetch=config.data.get("prefetch", 4),
             state={"next_index": start},
         )
         stop = {"signal": False}
@@ -253,8 +260,11 @@ class Trainer:
             for s, host in window:
                 reporting.check_finite(s, host)
             if window:
-                reporter.log(step, reporting.window_mean([m for _, m in window]),
-                             {"compiles": len(self.compiled_signatures)})
+                reporter.log(
+                    step,
+                    reporting.window_mean([m for _, m in window]),
+                    {"compiles": len(self.compiled_signatures)},
+                )
             pending.clear()
 
         def save(step, wait=False):
