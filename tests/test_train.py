@@ -129,7 +129,6 @@ def _three_step_losses(workdir, mesh, per_device_batch, devices):
         f"--config.mesh.fsdp={fsdp}",
         f"--config.mesh.tensor={tensor}",
         f"--config.data.datasets.bigearthnet.per_device_batch={per_device_batch}",
-        f"--config.compilation_cache_dir={cache}",
         env=env,
     )
     return losses(workdir)
