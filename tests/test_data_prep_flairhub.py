@@ -1,7 +1,8 @@
 """data_prep.flairhub on small files written in the published FLAIR-HUB layout.
 
-GeoTIFFs in EPSG:2154 (Lambert-93) with the release's naming (``<DOMAIN-YEAR>_<MODALITY>/<ROI>/
-<DOMAIN-YEAR>_<MODALITY>_<ROI>_<row>-<col>.tif``) at full size (aerial and DEM 512 px, Sentinel
+The layout comes from ``data_prep.standins``: GeoTIFFs in EPSG:2154 (Lambert-93) with the
+release's naming (``<DOMAIN-YEAR>_<MODALITY>/<ROI>/<DOMAIN-YEAR>_<MODALITY>_<ROI>_<row>-<col>.tif``)
+at full size (aerial and DEM 512 px, Sentinel
 10 px); GeoPackages in GLOBAL_ALL_MTD/ written as SQLite with the GeoPackage tables
 (``gpkg_contents``, ``gpkg_geometry_columns``, a feature table with a GPKG geometry blob); split
 CSVs with the published column set and ``../`` paths. Values must round-trip exactly; statistics
@@ -9,86 +10,17 @@ are compared with numpy at rtol 1e-9.
 """
 
 import json
-import sqlite3
-import struct
 
 import numpy as np
 import pytest
-import rasterio
-import rasterio.crs
-import rasterio.transform
 
-from data_prep import common, flairhub
+from data_prep import common, flairhub, standins
 
-CSV_COLUMNS = (
-    "patch_id,AERIAL-RLT_PAN,AERIAL_LABEL-COSIA,AERIAL_RGBI,ALL_LABEL-LPIS,DEM_ELEV,"
-    "SENTINEL1-ASC_TS,SENTINEL1-DESC_TS,SENTINEL2_MSK-SC,SENTINEL2_TS,SPOT_RGBI"
-).split(",")
 CLEAR, CLOUDY_5PX, CLOUDY_6PX, SNOWY = range(4)
 P1, P2, P3 = "D006-2020_FF-S1-14_5-5", "D006-2020_FF-S1-14_5-6", "D012-2019_AF-S1-27_5-10"
 S2_DATES = {"3": "20210420", "1": "20210101", "2": "20210215", "4": "20210601"}  # keys unsorted
 S2_DAYS = [1, 46, 110, 152]
 S1_DATES = {"1": "20210105", "2": "20210117", "3": "20210129"}
-
-
-def write_tif(path, bands, pixel_size):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    transform = rasterio.transform.Affine(pixel_size, 0, 843000.0, 0, -pixel_size, 6519000.0)
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=bands.shape[2],
-        height=bands.shape[1],
-        count=bands.shape[0],
-        dtype=bands.dtype,
-        crs=rasterio.crs.CRS.from_epsg(2154),
-        transform=transform,
-    ) as raster:
-        raster.write(bands)
-
-
-def gpkg_point(x, y, srs_id=2154):
-    """GeoPackage binary geometry: 'GP', version 0, little-endian without envelope, WKB point."""
-    return b"GP" + struct.pack("<BBi", 0, 1, srs_id) + struct.pack("<BIdd", 1, 1, x, y)
-
-
-def write_gpkg(path, column, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    layer = path.stem
-    db = sqlite3.connect(path)
-    db.executescript(
-        f"""
-        PRAGMA application_id = 1196444487;
-        PRAGMA user_version = 10400;
-        CREATE TABLE gpkg_spatial_ref_sys (srs_name TEXT NOT NULL, srs_id INTEGER PRIMARY KEY,
-          organization TEXT NOT NULL, organization_coordsys_id INTEGER NOT NULL,
-          definition TEXT NOT NULL, description TEXT);
-        INSERT INTO gpkg_spatial_ref_sys VALUES ('RGF93 v1 / Lambert-93', 2154, 'EPSG', 2154,
-          'undefined', NULL);
-        CREATE TABLE gpkg_contents (table_name TEXT NOT NULL PRIMARY KEY,
-          data_type TEXT NOT NULL, identifier TEXT UNIQUE, description TEXT DEFAULT '',
-          last_change DATETIME NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
-          min_x DOUBLE, min_y DOUBLE, max_x DOUBLE, max_y DOUBLE, srs_id INTEGER);
-        CREATE TABLE gpkg_geometry_columns (table_name TEXT NOT NULL, column_name TEXT NOT NULL,
-          geometry_type_name TEXT NOT NULL, srs_id INTEGER NOT NULL, z TINYINT NOT NULL,
-          m TINYINT NOT NULL, PRIMARY KEY (table_name, column_name));
-        CREATE TABLE "{layer}" (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom POINT,
-          patch_id TEXT, "{column}" TEXT);
-        INSERT INTO gpkg_contents (table_name, data_type, identifier, srs_id)
-          VALUES ('{layer}', 'features', '{layer}', 2154);
-        INSERT INTO gpkg_geometry_columns VALUES ('{layer}', 'geom', 'POINT', 2154, 0, 0);
-        """
-    )
-    db.executemany(
-        f'INSERT INTO "{layer}" (geom, patch_id, "{column}") VALUES (?, ?, ?)',
-        [
-            (gpkg_point(843000.0 + i, 6519000.0), patch, value)
-            for i, (patch, value) in enumerate(rows)
-        ],
-    )
-    db.commit()
-    db.close()
 
 
 def mask_series(kinds):
@@ -111,8 +43,7 @@ def mask_series(kinds):
 
 
 def patch_files(src, patch, seed, masks, with_s1=True):
-    """Writes one patch's GeoTIFFs; returns its CSV row and the arrays written."""
-    domain, roi, position = patch.split("_")
+    """Writes one patch's GeoTIFFs; returns its CSV row and the arrays (S1 even if not written)."""
     rng = np.random.default_rng(seed)
     arrays = {
         "AERIAL_RGBI": rng.integers(0, 256, (4, 512, 512)).astype(np.uint8),
@@ -121,21 +52,8 @@ def patch_files(src, patch, seed, masks, with_s1=True):
         "SENTINEL2_MSK-SC": mask_series(masks),
         "SENTINEL1-DESC_TS": rng.normal(-15, 3, (3 * 2, 10, 10)).astype(np.float32),
     }
-    row = dict.fromkeys(CSV_COLUMNS, "")
-    row["patch_id"] = patch
-    for column, bands in arrays.items():
-        if column == "SENTINEL1-DESC_TS" and not with_s1:
-            continue
-        relative = f"{domain}_{column}/{roi}/{domain}_{column}_{roi}_{position}.tif"
-        write_tif(src / relative, bands, 0.2 if bands.shape[1] == 512 else 10.24)
-        row[column] = "../" + relative
-    return row, arrays
-
-
-def write_csv(path, rows, delimiter=","):
-    lines = [delimiter.join(CSV_COLUMNS)]
-    lines += [delimiter.join(row[column] for column in CSV_COLUMNS) for row in rows]
-    path.write_text("\n".join(lines) + "\n")
+    written = {c: bands for c, bands in arrays.items() if with_s1 or c != "SENTINEL1-DESC_TS"}
+    return standins.write_flairhub_patch(src, patch, written), arrays
 
 
 def write_flairhub(src):
@@ -143,24 +61,17 @@ def write_flairhub(src):
     p1, a1 = patch_files(src, P1, 1, [CLEAR, CLOUDY_5PX, CLOUDY_6PX, SNOWY])
     p2, a2 = patch_files(src, P2, 2, ["cloudy, 10 px snow", "cloudy", "cloudy", "cloudy"], False)
     p3, a3 = patch_files(src, P3, 3, [SNOWY] * 4)
-    write_csv(src / "TRAIN.csv", [p1, p2])
-    write_csv(src / "VALID.csv", [p3], delimiter=";")
-    mtd = src / "GLOBAL_ALL_MTD"
-    write_gpkg(
-        mtd / "GLOBAL_AERIAL_MTD_DATES.gpkg",
-        "date",
-        [(P1, "20210715"), (P2, "20210715"), (P3, "20190602")],
-    )
-    s2 = json.dumps(S2_DATES)
-    # P2's Sentinel-2 dates are keyed by its ROI, as some loaders expect.
-    write_gpkg(
-        mtd / "GLOBAL_SENTINEL2_MTD_DATES.gpkg",
-        "acquisition_dates",
-        [(P1, s2), ("D006-2020_FF-S1-14", s2), (P3, s2)],
-    )
-    s1 = json.dumps(S1_DATES)
-    write_gpkg(
-        mtd / "GLOBAL_SENTINEL1-DESC_MTD_DATES.gpkg", "acquisition_dates", [(P1, s1), (P3, s1)]
+    standins.write_flairhub_csv(src / "TRAIN.csv", [p1, p2])
+    standins.write_flairhub_csv(src / "VALID.csv", [p3], delimiter=";")
+    s2, s1 = json.dumps(S2_DATES), json.dumps(S1_DATES)
+    standins.write_flairhub_dates(
+        src,
+        {
+            "aerial": [(P1, "20210715"), (P2, "20210715"), (P3, "20190602")],
+            # P2's Sentinel-2 dates are keyed by its ROI, as some loaders expect.
+            "s2": [(P1, s2), ("D006-2020_FF-S1-14", s2), (P3, s2)],
+            "s1_des": [(P1, s1), (P3, s1)],
+        },
     )
     return {P1: a1, P2: a2, P3: a3}
 

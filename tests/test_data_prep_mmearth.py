@@ -1,10 +1,11 @@
 """data_prep.mmearth on a small HDF5 file written in the published MMEarth64 layout.
 
-Layout as written by MMEarth-data's ``convert_to_h5.py`` (gzip, one row per HDF5 chunk): datasets
-``sentinel2`` uint16 [N, 13, 64, 64] (B8A before B8, zeros in B10 for L2A), ``sentinel1``
-float32 [N, 8, 64, 64] (-inf for a missing orbit), ``aster`` int16 [N, 2, 64, 64], ``biome`` uint8
-one-hot [N, 14], ``metadata`` compound (tile_id S100, S2_type S10). Values must round-trip
-exactly; statistics are compared with numpy at rtol 1e-9.
+The layout comes from ``data_prep.standins.write_mmearth`` (as MMEarth-data's
+``convert_to_h5.py``: gzip, one row per HDF5 chunk): datasets ``sentinel2`` uint16
+[N, 13, 64, 64] (B8A before B8, zeros in B10 for L2A), ``sentinel1`` float32 [N, 8, 64, 64]
+(-inf for a missing orbit), ``aster`` int16 [N, 2, 64, 64], ``biome`` uint8 one-hot [N, 14],
+``metadata`` compound (tile_id S100, S2_type S10), the release's other datasets and json
+sidecars. Values must round-trip exactly; statistics are compared with numpy at rtol 1e-9.
 """
 
 import json
@@ -13,38 +14,29 @@ import h5py
 import numpy as np
 import pytest
 
-from data_prep import common, mmearth
+from data_prep import common, mmearth, standins
 
 ROWS = 12
 L2A_ROWS = {0, 3, 4, 8, 11}
 
 
 def write_mmearth(directory, rows=ROWS, with_s2_type=True):
-    rng = np.random.default_rng(7)
-    s2 = rng.integers(1, 10000, (rows, 13, 64, 64)).astype(np.uint16)
-    s2[[row for row in sorted(L2A_ROWS) if row < rows], 10] = 0  # L2A has no B10
-    s1 = rng.normal(-12, 4, (rows, 8, 64, 64)).astype(np.float32)
-    s1[1::2, 4:] = -np.inf  # descending orbit not acquired
-    s1[2, 0, 5, 5] = np.nan
-    aster = rng.integers(-50, 4000, (rows, 2, 64, 64)).astype(np.int16)
-    biome = np.zeros((rows, 14), np.uint8)
-    biome[np.arange(rows), np.arange(rows) % 2 * 5] = 1  # biomes 0 and 5
-    fields = [("tile_id", "S100"), ("S2_type", "S10")] if with_s2_type else [("tile_id", "S100")]
-    metadata = np.zeros(rows, dtype=fields)
-    metadata["tile_id"] = [f"tile_{row:03d}".encode() for row in range(rows)]
-    if with_s2_type:
-        metadata["S2_type"] = [b"l2a" if row in L2A_ROWS else b"l1c" for row in range(rows)]
-    path = directory / "data_1M_v001_64.h5"
-    with h5py.File(path, "w") as h5:
-        for name, data in (
-            ("sentinel2", s2),
-            ("sentinel1", s1),
-            ("aster", aster),
-            ("biome", biome),
-            ("metadata", metadata),
-        ):
-            h5.create_dataset(name, data=data, chunks=(1, *data.shape[1:]), compression="gzip")
-    return path, {"s2": s2, "s1": s1, "aster": aster}
+    """The release's layout (``data_prep.standins``) with this test's tiles: L2A rows
+    ``L2A_ROWS``, biomes 0 and 5 alternating, odd rows without the descending orbit, one NaN."""
+    l2a_rows = [row for row in sorted(L2A_ROWS) if row < rows]
+    arrays = standins.mmearth_arrays(rows, seed=7, l2a_rows=l2a_rows)
+    arrays["sentinel1"][1::2, 4:] = -np.inf  # descending orbit not acquired
+    arrays["sentinel1"][2, 0, 5, 5] = np.nan
+    arrays["biome"] = np.zeros((rows, 14), np.uint8)
+    arrays["biome"][np.arange(rows), np.arange(rows) % 2 * 5] = 1  # biomes 0 and 5
+    s2_types = ["l2a" if row in L2A_ROWS else "l1c" for row in range(rows)]
+    path = standins.write_mmearth(
+        directory,
+        arrays,
+        [f"tile_{row:03d}" for row in range(rows)],
+        s2_types=s2_types if with_s2_type else None,
+    )
+    return path, {"s2": arrays["sentinel2"], "s1": arrays["sentinel1"], "aster": arrays["aster"]}
 
 
 def convert(src, out, *extra):

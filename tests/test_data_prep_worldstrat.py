@@ -1,22 +1,19 @@
 """data_prep.worldstrat on small files written in the published WorldStrat layout.
 
-``metadata.csv`` with the AOI as unnamed first (index) column and one row per revisit,
-``stratified_train_val_test_split.csv`` with the release's columns,
-``hr_dataset/<AOI>/<AOI>_ps.tiff`` (4 bands uint16, 1054 px: the size that gives the 263 px
-tiles), and
-``lr_dataset/<AOI>/L2A/<AOI>-<n>-L2A_data.tiff`` (12 bands float32). SPOT tiles must match exactly;
-Sentinel-2 tiles match PyTorch's bilinear ``F.interpolate`` at rtol 1e-6 (float32 rounding).
+Written with ``data_prep.standins``: ``metadata.csv`` with the AOI as unnamed first (index)
+column and one row per revisit, ``stratified_train_val_test_split.csv`` with the release's
+columns, ``hr_dataset/<AOI>/<AOI>_ps.tiff`` (4 bands uint16, 1054 px: the size that gives the
+263 px tiles), and ``lr_dataset/<AOI>/L2A/<AOI>-<n>-L2A_data.tiff`` (12 bands float32). SPOT
+tiles must match exactly; Sentinel-2 tiles match PyTorch's bilinear ``F.interpolate`` at rtol
+1e-6 (float32 rounding).
 """
 
 import json
 
 import numpy as np
 import pytest
-import rasterio
-import rasterio.crs
-import rasterio.transform
 
-from data_prep import common, worldstrat
+from data_prep import common, standins, worldstrat
 
 AOIS = {"Amnesty POI-12-3-1": "train", "UNHCR-SSDs008823": "val", "Landcover-1": "test"}
 REVISITS = {  # n -> lowres date; written out of order on purpose
@@ -27,44 +24,23 @@ REVISITS = {  # n -> lowres date; written out of order on purpose
 HIGHRES_DATE = "2019-05-02"
 
 
-def write_tif(path, bands, pixel_size):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=bands.shape[2],
-        height=bands.shape[1],
-        count=bands.shape[0],
-        dtype=bands.dtype,
-        crs=rasterio.crs.CRS.from_epsg(32633),
-        transform=rasterio.transform.Affine(pixel_size, 0, 500000.0, 0, -pixel_size, 4649776.0),
-    ) as raster:
-        raster.write(bands)
-
-
 def write_worldstrat(src, hr_side=1054):
+    """Every AOI: a SPOT ramp (exact values to compare tiles with) and random revisits."""
     rng = np.random.default_rng(3)
     images = {}
-    metadata = [",n,lowres_date,highres_date,cloud_cover,lon,lat"]
     for aoi in AOIS:
         rows, cols = np.mgrid[0:hr_side, 0:hr_side]
         spot = np.stack([(rows * 3 + cols * 5 + band * 7) % 4096 for band in range(4)])
-        write_tif(src / "hr_dataset" / aoi / f"{aoi}_ps.tiff", spot.astype(np.uint16), 1.5)
-        revisits = {}
-        for n, lowres in REVISITS.items():
-            revisits[n] = rng.uniform(0, 0.6, (12, 160, 160)).astype(np.float32)
-            write_tif(
-                src / "lr_dataset" / aoi / "L2A" / f"{aoi}-{n}-L2A_data.tiff", revisits[n], 10
-            )
-            metadata.append(f"{aoi},{n},{lowres},{HIGHRES_DATE},12.5,31.1,-2.4")
-        images[aoi] = (spot.astype(np.uint16), revisits)
-    (src / "metadata.csv").write_text("\n".join(metadata) + "\n")
-    split = [",tile,IPCC Class,SMOD,source,joint_class,split"]
-    split += [
-        f"{i},{aoi},Settlement,23,X,X/Settlement/23,{s}" for i, (aoi, s) in enumerate(AOIS.items())
-    ]
-    (src / "stratified_train_val_test_split.csv").write_text("\n".join(split) + "\n")
+        spot = spot.astype(np.uint16)
+        revisits = {n: rng.uniform(0, 0.6, (12, 160, 160)).astype(np.float32) for n in REVISITS}
+        standins.write_worldstrat_aoi(src, aoi, spot, revisits)
+        images[aoi] = (spot, revisits)
+    standins.write_worldstrat_tables(
+        src,
+        revisit_dates=dict.fromkeys(AOIS, REVISITS),
+        highres_dates=dict.fromkeys(AOIS, HIGHRES_DATE),
+        splits=AOIS,
+    )
     return images
 
 
@@ -151,7 +127,7 @@ def test_bad_sources_stop_or_are_skipped(tmp_path, caplog):
     assert worldstrat.main(["--src", str(tmp_path), "--out", str(tmp_path / "stop")]) == 1
     assert str(missing) in caplog.text
     small = tmp_path / "hr_dataset" / "UNHCR-SSDs008823" / "UNHCR-SSDs008823_ps.tiff"
-    write_tif(small, np.zeros((4, 1000, 1000), np.uint16), 1.5)
+    standins.write_geotiff(small, np.zeros((4, 1000, 1000), np.uint16), 1.5, standins.UTM_33N)
     caplog.clear()
     args = ["--src", str(tmp_path), "--out", str(tmp_path / "skip"), "--on-error", "skip"]
     assert worldstrat.main([*args, "--splits", "train,val,test"]) == 0

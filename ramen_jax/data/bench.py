@@ -1,0 +1,283 @@
+r"""Input-pipeline benchmark: how fast, how padded, how many batch shapes.
+
+  python -m ramen_jax.data.bench --config configs/base.py --batches 2000 \
+      [--workdir DIR] [--num-workers K]
+
+Owns measuring the real pipeline (``pipeline.build_datasets`` -> ``StepBatches`` ->
+``make_iterator``) in one process, with the global batch = the per-device batch (one batch
+shard): batches/s, samples/s, the token padding fraction, the number of distinct batch shapes
+(``pipeline.signature``, what XLA compiles for) overall and per dataset, and the steps each
+dataset drew. Progress goes to stderr; stdout gets one line per dataset saying which data it
+reads, a table, and as its last line one JSON object (``batches``, ``seconds``,
+``batches_per_s``, ``samples_per_s``, ``padding_fraction``, ``series_padding_fraction``,
+``distinct_shapes``, ``num_workers``, ``peak_rss_mb``, ``per_dataset``).
+
+Data: a ``records`` dataset whose ``source.path`` exists is read as it is. Where the path is
+absent the bench says so and runs on a synthetic stand-in written in the dataset's published
+layout by ``data_prep.standins`` and converted by its own ``data_prep`` converter, cached under
+``--workdir`` and reused by later runs; a dataset without a stand-in stops the run. Nothing is
+ever silently replaced by something else.
+
+Padding fraction: padded token slots / all token slots over the N batches. A batch of B samples
+whose layout has L token slots, V of them valid (``layout["token_valid"]``), holds B * L slots
+of which B * (L - V) are padding; samples are what the accelerator processes, so larger batches
+weigh more. The same for the time-series sub-sequence (``ts_valid``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from data_prep import standins
+from ramen_jax.data import pipeline
+
+DEFAULT_WORKDIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "ramen_jax")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/base.py.")
+_BATCHES = flags.DEFINE_integer("batches", None, "Batches to draw.", lower_bound=1)
+_WORKDIR = flags.DEFINE_string(
+    "workdir",
+    os.fspath(DEFAULT_WORKDIR / "data_bench"),
+    "Cache of the stand-in datasets (written and converted once, reused by later runs).",
+)
+_NUM_WORKERS = flags.DEFINE_integer(
+    "num-workers", 0, "Grain worker processes (0: prepare batches in this process).", lower_bound=0
+)
+
+
+class BenchError(RuntimeError):
+    """The bench cannot run on what the config names."""
+
+
+@dataclasses.dataclass
+class DatasetTally:
+    """What the bench saw of one dataset."""
+
+    data: str  # "real", "stand-in" or "configured" (a non-records source, as configured)
+    where: str
+    buckets: int = 0
+    steps: int = 0
+    samples: int = 0
+    token_slots: int = 0
+    padded_token_slots: int = 0
+    series_slots: int = 0
+    padded_series_slots: int = 0
+    signatures: set = dataclasses.field(default_factory=set)
+
+    def add(self, batch: dict) -> None:
+        rows = batch_rows(batch)
+        layout = batch["layout"]
+        self.steps += 1
+        self.samples += rows
+        self.token_slots += rows * layout["token_valid"].size
+        self.padded_token_slots += rows * int(np.count_nonzero(~layout["token_valid"]))
+        self.series_slots += rows * layout["ts_valid"].size
+        self.padded_series_slots += rows * int(np.count_nonzero(~layout["ts_valid"]))
+        self.signatures.add(pipeline.signature(batch))
+
+    def summary(self) -> dict:
+        return {
+            "data": self.data,
+            "path": self.where,
+            "steps": self.steps,
+            "samples": self.samples,
+            "distinct_shapes": len(self.signatures),
+            "buckets": self.buckets,
+            "padding_fraction": fraction(self.padded_token_slots, self.token_slots),
+            "series_padding_fraction": fraction(self.padded_series_slots, self.series_slots),
+        }
+
+
+def batch_rows(batch: dict) -> int:
+    return next(iter(batch["pixels"].values())).shape[0]
+
+
+def fraction(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
+
+
+def locate_data(config, workdir: Path, say) -> dict[str, DatasetTally]:
+    """Points every dataset of ``config.data`` at what the bench reads, saying which it is."""
+    tallies = {}
+    for name, dataset in config.data.datasets.items():
+        source = dataset.source
+        if source.get("type") != "records":
+            say(f"{name}: '{source.get('type')}' source, as configured")
+            tallies[name] = DatasetTally("configured", str(source.get("type")))
+        elif os.path.exists(source.path):
+            say(f"{name}: real data, converted records at {source.path}")
+            tallies[name] = DatasetTally("real", os.fspath(source.path))
+        else:
+            source.path = os.fspath(standin_records(name, source, workdir, say))
+            tallies[name] = DatasetTally("stand-in", source.path)
+    return tallies
+
+
+def standin_records(name: str, source, workdir: Path, say) -> Path:
+    if name not in standins.STANDINS:
+        raise BenchError(
+            f"{name}: no data at {source.path} and no stand-in for a dataset of that name; "
+            f"convert it with data_prep (stand-ins exist for {sorted(standins.STANDINS)})"
+        )
+    split = source.get("split", "train")
+    root = workdir / f"standins-v{standins.STANDIN_VERSION}" / name
+    say(
+        f"{name}: NO DATA at {source.path}; running on a SYNTHETIC STAND-IN written in the "
+        f"published layout ({standins.STANDINS[name].layout}) and converted with "
+        f"data_prep.{name}, cached in {root}"
+    )
+    return standins.build_standin(name, root, split)
+
+
+def measure(config, tallies: dict, batches: int, num_workers: int, progress) -> float:
+    """Draws ``batches`` batches through the real iterator; returns the seconds it took."""
+    datasets = pipeline.build_datasets(config.data, batch_shards=1)
+    for dataset in datasets:
+        tallies[dataset.name].buckets = len(dataset.buckets)
+    step_batches = pipeline.StepBatches(
+        datasets, seed=config.seed, mask_ratio=config.model.get("mask_ratio", 0.75)
+    )
+    iterator = pipeline.make_iterator(step_batches, batches, num_workers=num_workers)
+    start = time.perf_counter()
+    try:
+        for index in range(batches):
+            batch = next(iterator)
+            tallies[batch["dataset"]].add(batch)
+            progress(index + 1, time.perf_counter() - start)
+        return time.perf_counter() - start
+    finally:
+        iterator.close()  # stops prefetch threads and worker processes now
+
+
+def report(tallies: dict, batches: int, seconds: float, num_workers: int) -> dict:
+    per_dataset = {name: tally.summary() for name, tally in tallies.items()}
+    samples = sum(t.samples for t in tallies.values())
+    return {
+        "batches": batches,
+        "seconds": round(seconds, 3),
+        "batches_per_s": batches / seconds,
+        "samples_per_s": samples / seconds,
+        "padding_fraction": fraction(
+            sum(t.padded_token_slots for t in tallies.values()),
+            sum(t.token_slots for t in tallies.values()),
+        ),
+        "series_padding_fraction": fraction(
+            sum(t.padded_series_slots for t in tallies.values()),
+            sum(t.series_slots for t in tallies.values()),
+        ),
+        "distinct_shapes": len(set().union(*(t.signatures for t in tallies.values()))),
+        "num_workers": num_workers,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "per_dataset": per_dataset,
+    }
+
+
+TABLE_HEADER = ("dataset", "data", "steps", "samples", "shapes", "buckets", "padding", "ts pad")
+
+
+def table_row(name: str, data: str, numbers: dict) -> tuple:
+    return (
+        name,
+        data,
+        str(numbers["steps"]),
+        str(numbers["samples"]),
+        str(numbers["distinct_shapes"]),
+        str(numbers["buckets"]),
+        f"{numbers['padding_fraction']:.1%}",
+        f"{numbers['series_padding_fraction']:.1%}",
+    )
+
+
+def aligned(rows: list[tuple]) -> list[str]:
+    """Text columns: the first two left-aligned, numbers right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.ljust(width) if column < 2 else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+
+
+def table(result: dict) -> str:
+    per_dataset = result["per_dataset"]
+    total = {
+        **result,
+        "steps": result["batches"],
+        "samples": sum(d["samples"] for d in per_dataset.values()),
+        "buckets": "",
+    }
+    rows = [TABLE_HEADER]
+    rows += [table_row(name, d["data"], d) for name, d in per_dataset.items()]
+    rows.append(table_row("all", "", total))
+    lines = aligned(rows)
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append(
+        f"{result['batches']} batches in {result['seconds']:.1f} s: "
+        f"{result['batches_per_s']:.2f} batches/s, {result['samples_per_s']:.1f} samples/s "
+        f"(num_workers {result['num_workers']}, peak RSS {result['peak_rss_mb']:.0f} MB)"
+    )
+    return "\n".join(lines)
+
+
+def progress_printer(batches: int, tallies: dict, stream=sys.stderr):
+    every = max(1, batches // 20)
+
+    def progress(done: int, elapsed: float) -> None:
+        if done % every and done != batches:
+            return
+        shapes = len(set().union(*(t.signatures for t in tallies.values())))
+        print(
+            f"[bench] {done}/{batches} batches, {done / elapsed:.2f} batches/s, "
+            f"{shapes} distinct shapes",
+            file=stream,
+            flush=True,
+        )
+
+    return progress
+
+
+def run_bench(config, batches: int, workdir, num_workers: int = 0, out=sys.stdout) -> dict:
+    """Runs the benchmark, prints its report to ``out`` (JSON last) and returns the result.
+
+    Datasets without data are pointed at their stand-ins in ``config`` itself.
+    """
+
+    def say(line: str) -> None:
+        print(line, file=out, flush=True)
+
+    tallies = locate_data(config, Path(workdir), say)
+    seconds = measure(config, tallies, batches, num_workers, progress_printer(batches, tallies))
+    result = report(tallies, batches, seconds, num_workers)
+    say(table(result))
+    say(json.dumps(result))
+    return result
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _CONFIG.value is None or _BATCHES.value is None:
+        raise app.UsageError("--config and --batches are required")
+    logging.getLogger("data_prep").setLevel(logging.INFO)  # conversion progress of stand-ins
+    logging.getLogger("absl").setLevel(logging.WARNING)  # TFDS logs every chunk twice
+    try:
+        run_bench(_CONFIG.value, _BATCHES.value, _WORKDIR.value, _NUM_WORKERS.value)
+    except BenchError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    app.run(main)
