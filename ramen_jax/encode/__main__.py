@@ -1,0 +1,210 @@
+"""Command line of ``ramen_jax.encode``: imagery files -> embedding GeoTIFFs / .npy at chosen GSDs.
+
+::
+
+    python -m ramen_jax.encode --checkpoint CKPT --out DIR --gsd 20 40 \\
+        --input s2=s2.tif --sensor s2=sentinel2 --bands s2=B02,B03,B04,B08 \\
+        [--input s1=s1.tif --sensor s1=sentinel1_asc] [--blocks 3,5,7,11] [--tile 32]
+
+Per output GSD ``G`` it writes ``DIR/gGm_block<b>.tif`` / ``.npy``, ``DIR/gGm_cls.npy`` and
+``DIR/gGm_meta.json`` and prints one summary line. Bad input (unknown sensor or band, band
+count not matching the declared channels, missing file, a modality the model cannot encode, an
+output GSD coarser than the scene...) ends with exit status 1 and one ``error: ...`` line.
+See docs/encode.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+
+import jax.numpy as jnp
+import numpy as np
+import rasterio.errors
+
+from ramen_jax import sensors
+from ramen_jax.convert.model_io import ModelCheckpointError
+from ramen_jax.encode import geotiff, inputs, scene
+from ramen_jax.encode.checkpoints import load_encoder_weights
+from ramen_jax.encode.runner import FrozenEncoder
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_USER_ERRORS = (
+    inputs.EncodeError,
+    sensors.ModalityError,
+    ModelCheckpointError,
+    rasterio.errors.RasterioError,
+    OSError,
+)
+_PER_INPUT = ("sensor", "bands", "channels", "input_gsd", "dates")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m ramen_jax.encode",
+        description="Per-pixel RAMEN embeddings of a scene at the output GSDs you choose.",
+    )
+    p.add_argument("--checkpoint", required=True, help="model directory or training workdir")
+    p.add_argument("--step", type=int, help="training workdir step (default: latest)")
+    p.add_argument("--out", required=True, type=pathlib.Path, help="output directory")
+    p.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="a modality: GeoTIFF (.tif) or NumPy array (.npy, [H,W,C] or [T,H,W,C]); repeat "
+        "per modality; the first one is the reference whose footprint is the scene",
+    )
+    p.add_argument(
+        "--sensor",
+        action="append",
+        default=[],
+        metavar="NAME=PRESET",
+        help=f"sensor preset of a modality: {', '.join(sorted(sensors.SENSOR_PRESETS))}",
+    )
+    p.add_argument(
+        "--bands",
+        action="append",
+        default=[],
+        metavar="NAME=B1,B2,...",
+        help="band names of the preset, in file order (default: all, preset order)",
+    )
+    p.add_argument(
+        "--channels",
+        action="append",
+        default=[],
+        metavar="NAME=C1,C2,...",
+        help="explicit channels instead of a preset: wavelengths in nm, or SAR keys "
+        "(asc_vv, des_vh...), or DEM keys (dsm, dtm, slope)",
+    )
+    p.add_argument(
+        "--input-gsd",
+        action="append",
+        default=[],
+        metavar="NAME=METRES",
+        help="GSD of a .npy input (GeoTIFFs carry theirs)",
+    )
+    p.add_argument(
+        "--dates",
+        action="append",
+        default=[],
+        metavar="NAME=D1,D2,...",
+        help="dates of a time series (day of year or YYYY-MM-DD); the file then has "
+        "dates x channels bands, date-major",
+    )
+    p.add_argument("--gsd", type=float, nargs="+", required=True, help="output GSD(s), metres")
+    p.add_argument("--blocks", help="0-based blocks to output, e.g. 3,5,7,11 (default: last)")
+    p.add_argument("--tile", type=int, default=32, help="tile side in output pixels")
+    p.add_argument("--overlap", type=int, help="tile overlap in output pixels (default tile/4)")
+    p.add_argument(
+        "--stats",
+        default=inputs.SCENE_STATS,
+        help="normalisation: 'scene' (per-scene statistics, default), 'none' (input "
+        "already normalised) or a JSON file {name: {mean: [...], std: [...]}}",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="tiles per device batch")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--formats", default="tif,npy", help="tif and/or npy")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    return p
+
+
+def _keyed(values: list[str], option: str, names: list[str]) -> dict:
+    out = {}
+    for value in values:
+        name, sep, text = value.partition("=")
+        if not sep or not text:
+            raise inputs.EncodeError(f"--{option} {value!r}: expected NAME=VALUE")
+        if name not in names:
+            raise inputs.EncodeError(f"--{option} {value!r}: no --input named {name!r}")
+        out[name] = text
+    return out
+
+
+def _read_inputs(args) -> list[inputs.ModalityInput]:
+    pairs = _keyed(args.input, "input", [v.partition("=")[0] for v in args.input])
+    names = list(pairs)
+    if len(names) != len(args.input):
+        raise inputs.EncodeError("each --input NAME must be unique")
+    options = {k: _keyed(getattr(args, k), k.replace("_", "-"), names) for k in _PER_INPUT}
+    modalities = []
+    for name, path in pairs.items():
+
+        def listed(key, name=name):
+            return options[key][name].split(",") if name in options[key] else None
+
+        described = dict(
+            sensor=options["sensor"].get(name),
+            bands=listed("bands"),
+            channels=listed("channels"),
+            dates=listed("dates"),
+        )
+        gsd = float(options["input_gsd"][name]) if name in options["input_gsd"] else None
+        path = pathlib.Path(path)
+        if path.suffix.lower() == ".npy":
+            if not path.is_file():
+                raise inputs.EncodeError(f"modality {name!r}: input file {path} does not exist")
+            modalities.append(inputs.from_array(name, np.load(path), gsd=gsd, **described))
+        else:
+            modalities.append(geotiff.read_modality(name, path, gsd=gsd, **described))
+    return modalities
+
+
+def _stats(text: str):
+    return {"scene": inputs.SCENE_STATS, "none": None}.get(text) or inputs.read_stats_file(text)
+
+
+def run(args) -> list[str]:
+    modalities = _read_inputs(args)
+    blocks = [int(b) for b in args.blocks.split(",")] if args.blocks else None
+    formats = tuple(f.strip() for f in args.formats.split(","))
+    if not formats or not set(formats) <= {"tif", "npy"}:
+        raise inputs.EncodeError(f"--formats {args.formats!r}: use tif and/or npy")
+    stats = _stats(args.stats)
+    encoder = FrozenEncoder(
+        load_encoder_weights(args.checkpoint, args.step), dtype=DTYPES[args.dtype]
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for gsd in args.gsd:
+        prefix = args.out / f"g{gsd:g}m"
+        start = time.perf_counter()
+        result = scene.encode_scene(
+            encoder,
+            modalities,
+            gsd,
+            blocks=blocks,
+            tile=args.tile,
+            overlap=args.overlap,
+            stats=stats,
+            batch_size=args.batch_size,
+            output=prefix,
+            progress=not args.quiet,
+        )
+        scene.write_outputs(result, prefix, formats)
+        channels, rows, cols = result.maps[0].shape
+        note = "" if result.transform is not None else " (no GeoTIFF: input not georeferenced)"
+        lines.append(
+            f"g={gsd:g} m: {rows} x {cols} px of {result.pixel_size:g} m, {channels} channels "
+            f"({len(modalities)} x {result.embed_dim}), blocks {list(result.blocks)}, "
+            f"{len(result.tile_origins)} tile(s) of {result.tile_size} px, "
+            f"{time.perf_counter() - start:.1f} s -> {prefix}_*{note}"
+        )
+    return lines
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        for line in run(args):
+            print(line)
+    except _USER_ERRORS as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Tiled encoding of large scenes: exact tile windows and seamless blending.
+
+- With a translation-equivariant stand-in for the encoder (average pooling of each modality to
+  the output grid), a scene encoded in many overlapping tiles must equal the one-pass result
+  everywhere (1e-5): this checks the tile plan, every modality's windows (10/20/60 m, so the
+  lattice unit matters), the ragged right/bottom edges and the weight normalisation.
+- With a stand-in that returns one constant per tile, pixels covered by one tile keep that
+  tile's value exactly and the blended field changes by at most 1.5 / overlap of the tiles'
+  difference between neighbouring pixels (a hard seam would jump by all of it).
+- With the real (tiny, random) model, every tile's exclusive interior equals the model's
+  encoding of that tile's footprint alone (1e-5).
+"""
+
+import numpy as np
+import pytest
+from test_encode import TINY, save_encoder
+
+from ramen_jax.encode import checkpoints, inputs, runner, scene, tiling
+
+
+class PoolingEncoder:
+    """Average-pools each modality's tile to the output grid; channels padded to ``embed_dim``."""
+
+    embed_dim = 6
+
+    def check_blocks(self, blocks):
+        return (0,)
+
+    def check_specs(self, specs):
+        pass
+
+    def encode(self, pixels, specs, gsd, *, dates=None, blocks=None, pad_to=0, reference=None):
+        maps = []
+        for spec in specs:
+            x = pixels[spec.name][:, 0]  # [B, H, H, C]
+            factor = round(gsd / spec.gsd)
+            b, h, w, c = x.shape
+            pooled = x.reshape(b, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
+            padded = np.zeros((b, self.embed_dim, h // factor, w // factor), np.float32)
+            padded[:, :c] = pooled.transpose(0, 3, 1, 2)
+            maps.append(padded)
+        cls = np.zeros((len(maps[0]), 1, self.embed_dim), np.float32)
+        return runner.EncodedBatch(cls, [np.concatenate(maps, axis=1)], (0,))
+
+
+class TileConstantEncoder(PoolingEncoder):
+    """Returns ``1 + tile index`` everywhere in a tile's map (tiles counted across calls)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def encode(self, pixels, specs, gsd, **_):
+        batch = next(iter(pixels.values())).shape[0]
+        side = round(next(iter(pixels.values())).shape[2] * specs[0].gsd / gsd)
+        values = self.count + 1 + np.arange(batch, dtype=np.float32)
+        self.count += batch
+        maps = np.broadcast_to(values[:, None, None, None], (batch, 1, side, side))
+        return runner.EncodedBatch(np.zeros((batch, 1, 1)), [np.array(maps)], (0,))
+
+
+def multi_gsd_scene(rows_m=1260, cols_m=1980, seed=0):
+    rng = np.random.default_rng(seed)
+    shapes = {"b10": (10, 4), "b20": (20, 3), "b60": (60, 2)}
+    return [
+        inputs.from_array(
+            name,
+            rng.normal(size=(rows_m // gsd, cols_m // gsd, c)),
+            gsd=gsd,
+            channels=list(range(500, 500 + 10 * c, 10)),
+        )
+        for name, (gsd, c) in shapes.items()
+    ]
+
+
+def test_plan_tiles_geometry():
+    plan = tiling.plan_tiles((64, 64), 10.0, [10.0], 10.0, tile=32, overlap=8)
+    starts = sorted({r for r, _ in plan.origins})
+    assert (plan.rows, plan.tile, starts) == (64, 32, [0, 24, 32]) and len(plan.origins) == 9
+    one_pass = tiling.plan_tiles((64, 64), 10.0, [10.0], 40.0, tile=32)
+    assert one_pass.origins == ((0, 0),) and (one_pass.rows, one_pass.pixel_size) == (16, 40.0)
+    # 60 m bands at g = 40 m: tiles start every 3 output pixels (120 m = 2 pixels of 60 m).
+    lattice = tiling.plan_tiles((126, 198), 10.0, [10.0, 20.0, 60.0], 40.0, tile=10, overlap=2)
+    assert lattice.tile == 9 and lattice.overlap == 3 and (lattice.rows, lattice.cols) == (30, 48)
+    for origin in lattice.origins:
+        for gsd in (10.0, 20.0, 60.0):
+            scale = 40.0 / gsd
+            assert all(float(v * scale).is_integer() for v in (*origin, lattice.tile))
+    with pytest.raises(inputs.EncodeError, match="coarser than the scene"):
+        tiling.plan_tiles((64, 64), 10.0, [10.0], 700.0, tile=32)
+    weights = tiling.taper(8, 3)
+    assert weights[4, 4] == 1 and np.isclose(weights[0, 4], 0.5 / 3) and weights.min() > 0
+
+
+def test_tiled_equals_one_pass_for_a_local_encoder():
+    modalities = multi_gsd_scene()
+    tiled = scene.encode_scene(
+        PoolingEncoder(),
+        modalities,
+        60.0,
+        tile=8,
+        overlap=3,
+        stats=None,
+        batch_size=5,
+        progress=False,
+    )
+    assert len(tiled.tile_origins) > 9 and tiled.maps[0].shape == (18, 21, 33)
+    whole = PoolingEncoder().encode(
+        {m.name: m.pixels[None] for m in modalities},
+        [inputs.spec_for(m, m.shape[0]) for m in modalities],
+        60.0,
+    )  # the whole (not square) scene, pooled in one go
+    np.testing.assert_allclose(tiled.maps[0], whole.maps[0][0], atol=1e-5)
+
+
+def test_blending_is_continuous_and_exact_where_tiles_do_not_overlap():
+    modalities = multi_gsd_scene(1200, 1200)
+    overlap = 8
+    result = scene.encode_scene(
+        TileConstantEncoder(),
+        modalities[:1],
+        10.0,
+        tile=40,
+        overlap=overlap,
+        stats=None,
+        progress=False,
+    )
+    blended = result.maps[0][0]
+    plan = tiling.plan_tiles((120, 120), 10.0, [10.0], 10.0, 40, overlap)
+    coverage = np.zeros((120, 120), int)
+    owner = np.zeros((120, 120))
+    for index, (r, c) in enumerate(plan.origins):
+        coverage[r : r + 40, c : c + 40] += 1
+        owner[r : r + 40, c : c + 40] = index + 1
+    single = coverage == 1
+    np.testing.assert_array_equal(blended[single], owner[single])
+    neighbours = [np.abs(np.diff(owner, axis=a)).max() for a in (0, 1)]
+    jumps = [np.abs(np.diff(blended, axis=a)).max() for a in (0, 1)]
+    for jump, step in zip(jumps, neighbours, strict=True):
+        assert 0 < jump <= 1.5 / overlap * step, (jump, step)
+
+
+def test_real_model_tiles_match_their_own_encoding(tmp_path):
+    directory = tmp_path / "model"
+    save_encoder(directory)
+    encoder = runner.FrozenEncoder(checkpoints.load_encoder_weights(directory))
+    rng = np.random.default_rng(5)
+    pixels = rng.normal(size=(112, 112, 4))
+    s2 = inputs.from_array("s2", pixels, gsd=10, channels=[490, 560, 665, 842])
+    stats = {"s2": (pixels.mean(axis=(0, 1)), pixels.std(axis=(0, 1)))}
+    result = scene.encode_scene(
+        encoder, [s2], 20.0, tile=24, overlap=8, stats=stats, progress=False
+    )
+    plan = tiling.plan_tiles((112, 112), 10.0, [10.0], 20.0, 24, 8)
+    assert len(plan.origins) == 9 and result.maps[0].shape == (TINY.embed_dim, 56, 56)
+    normalised = inputs.normalise_inputs([s2], stats)[0].pixels
+    crops = np.stack(
+        [normalised[:, 2 * r : 2 * r + 48, 2 * c : 2 * c + 48] for r, c in plan.origins]
+    )
+    spec = inputs.spec_for(s2, 48)
+    alone = np.concatenate(  # batches of 8 padded to 8, as encode_scene ran: one compilation
+        [
+            encoder.encode({"s2": crops[i : i + 8]}, [spec], 20.0, pad_to=8).maps[0]
+            for i in range(0, len(crops), 8)
+        ]
+    )
+    coverage = np.zeros((56, 56), int)
+    for r, c in plan.origins:
+        coverage[r : r + 24, c : c + 24] += 1
+    for index, (r, c) in enumerate(plan.origins):
+        interior = coverage[r : r + 24, c : c + 24] == 1
+        assert interior.sum() >= 64
+        got = result.maps[0][:, r : r + 24, c : c + 24][:, interior]
+        np.testing.assert_allclose(got, alone[index][:, interior], atol=1e-5)
