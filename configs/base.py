@@ -144,6 +144,9 @@ def get_config(arg=None):
     c.data.num_workers = 8  # worker processes preparing batches
     c.data.num_threads = 2  # batches prepared concurrently per process
     c.data.prefetch = 4  # ready batches waiting for the step
+    # "mask": padded time slots are masked out of every statistic and softmax; "original":
+    # they take part as zero frames dated 0, as the original's collate function makes them.
+    c.data.time_padding = "mask"
 
     c.optim = ml_collections.ConfigDict(
         {

@@ -172,3 +172,16 @@ def test_prepare_sample_checks_normalises_and_pads():
         pipeline.prepare_sample({"s2": np.ones((1, 4, 4, 4))}, [spec], stats, rng)
     with pytest.raises(pipeline.BatchError, match="missing"):
         pipeline.prepare_sample({}, [spec], stats, rng)
+
+
+def test_original_time_padding_switch():
+    """``data.time_padding = "original"``: padded slots are zero frames dated 0 that count."""
+    spec = sensors.modality("s2", "optical", [490], 10, 2, True, 3)
+    stats = {"s2": (np.zeros(1), np.ones(1))}
+    sample = {"s2": np.ones((1, 2, 2, 1)), "s2_dates": np.array([50])}
+    rng = np.random.default_rng(0)
+    masked = pipeline.prepare_sample(sample, [spec], stats, rng)["s2"]
+    original = pipeline.prepare_sample(sample, [spec], stats, rng, mask_time_padding=False)["s2"]
+    assert list(masked[2]) == [True, False, False] and list(masked[1]) == [50, 1, 1]
+    assert list(original[2]) == [True, True, True] and list(original[1]) == [50, 0, 0]
+    np.testing.assert_array_equal(masked[0], original[0])

@@ -50,19 +50,17 @@ def losses(workdir) -> dict:
 
 @pytest.mark.slow
 def test_demo_learns_and_writes_checkpoints_events_and_previews(tmp_path):
-    """configs/demo.py:short is the README demo shortened to 60 steps (same model and data)."""
+    """configs/demo.py:short is the README demo's model and data, shortened to 40 steps."""
     result = run_train(tmp_path, "configs/demo.py:short")
-    assert "step 60/60" in result.stdout
+    assert "step 40/40" in result.stdout
     logged = metrics(tmp_path)
     first, last = logged[0]["loss_per_modality"], logged[-1]["loss_per_modality"]
     assert last < 0.5 * first, (first, last)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [
-        "30",
-        "60",
-    ]
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == [20, 40]
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-    assert len(list((tmp_path / "previews").glob("step_0000060_*.png"))) >= 1
-    assert all(m["compiles"] <= 2 for m in logged)
+    assert len(list((tmp_path / "previews").glob("step_0000040_*.png"))) >= 1
+    assert all(m["compiles"] == 1 for m in logged)
 
 
 def _wait_for_step(workdir, process, step, timeout=300):
@@ -119,7 +117,8 @@ def test_sigkill_and_sigterm_then_restart_reproduce_the_losses(tmp_path):
 
 
 def _three_step_losses(workdir, mesh, per_device_batch, devices):
-    env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    env = {"XLA_FLAGS": flags.strip()}
     data, fsdp, tensor = mesh
     run_train(
         workdir,

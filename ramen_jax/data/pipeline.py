@@ -103,6 +103,7 @@ def prepare_sample(
     stats: dict,
     rng: np.random.Generator,
     where: str = "sample",
+    mask_time_padding: bool = True,
 ):
     """Checks, normalises and pads one sample. Returns ``{m: (pixels, dates, valid)}``."""
     out = {}
@@ -129,9 +130,14 @@ def prepare_sample(
         steps = x.shape[0]
         pixels = np.zeros((slots, *x.shape[1:]), np.float32)
         pixels[:steps] = x
-        padded_dates = np.ones(slots, np.int32)
+        if mask_time_padding:
+            padded_dates = np.ones(slots, np.int32)
+            valid = np.arange(slots) < steps
+        else:  # the original's collate: zero frames dated 0 that take part like real ones
+            padded_dates = np.zeros(slots, np.int32)
+            valid = np.ones(slots, bool)
         padded_dates[:steps] = dates
-        out[spec.name] = (pixels, padded_dates, np.arange(slots) < steps)
+        out[spec.name] = (pixels, padded_dates, valid)
     return out
 
 
@@ -146,8 +152,10 @@ class StepBatches:
         mask_ratio: float,
         process_index: int = 0,
         process_count: int = 1,
+        mask_time_padding: bool = True,
     ):
         self.datasets = list(datasets)
+        self.mask_time_padding = mask_time_padding
         self.seed = seed
         self.mask_ratio = mask_ratio
         self.process_index = process_index
@@ -196,7 +204,12 @@ class StepBatches:
             sample = d.source.load(index, rng)
             prepared.append(
                 prepare_sample(
-                    sample, d.specs, d.source.stats(sample), rng, where=f"{d.name}[{index}]"
+                    sample,
+                    d.specs,
+                    d.source.stats(sample),
+                    rng,
+                    where=f"{d.name}[{index}]",
+                    mask_time_padding=self.mask_time_padding,
                 )
             )
         batch = {"pixels": {}, "dates": {}, "time_valid": {}}

@@ -22,25 +22,40 @@ from jax.sharding import NamedSharding, PartitionSpec
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
-def make_mesh(mesh_config, devices: Sequence | None = None) -> jax.sharding.Mesh:
-    devices = list(devices if devices is not None else jax.devices())
+def mesh_shape(mesh_config, device_count: int) -> tuple[int, ...]:
+    """Sizes of (data, fsdp, tensor) for ``device_count`` devices; ``-1`` takes the rest."""
     sizes = [int(mesh_config.get(axis, 1)) for axis in MESH_AXES]
+    named = dict(zip(MESH_AXES, sizes, strict=True))
     if sizes.count(-1) > 1:
-        raise ValueError(
-            f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes, strict=True))}"
-        )
+        raise ValueError(f"at most one mesh axis may be -1, got {named}")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
-        if len(devices) % known:
-            raise ValueError(f"{len(devices)} devices cannot fill mesh {sizes}")
-        sizes[sizes.index(-1)] = len(devices) // known
-    if math.prod(sizes) != len(devices):
+        if device_count % known:
+            raise ValueError(f"{device_count} devices cannot fill mesh {named}")
+        sizes[sizes.index(-1)] = device_count // known
+    if math.prod(sizes) != device_count:
         raise ValueError(
-            f"mesh {dict(zip(MESH_AXES, sizes, strict=True))} needs {math.prod(sizes)} devices, "
-            f"{len(devices)} available"
+            f"mesh {dict(zip(MESH_AXES, sizes, strict=True))} needs "
+            f"{math.prod(sizes)} devices, {device_count} available"
         )
-    auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-    return jax.make_mesh(sizes, MESH_AXES, axis_types=auto, devices=devices)
+    return tuple(sizes)
+
+
+AUTO = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+
+
+def make_mesh(mesh_config, devices: Sequence | None = None) -> jax.sharding.Mesh:
+    devices = list(devices if devices is not None else jax.devices())
+    return jax.make_mesh(
+        mesh_shape(mesh_config, len(devices)), MESH_AXES, axis_types=AUTO, devices=devices
+    )
+
+
+def abstract_mesh(mesh_config, device_count: int) -> jax.sharding.AbstractMesh:
+    """The mesh of a topology that is not attached (shardings only, no compilation)."""
+    return jax.sharding.AbstractMesh(
+        mesh_shape(mesh_config, device_count), MESH_AXES, axis_types=AUTO
+    )
 
 
 def _rule_table(rules) -> dict:

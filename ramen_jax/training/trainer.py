@@ -19,6 +19,7 @@ import signal
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from ramen_jax.data import pipeline
@@ -109,10 +110,10 @@ def load_init_from(directory: str, state: step_lib.TrainState, reporter) -> step
 class Trainer:
     """Holds the compiled pieces of a run; ``run()`` is the loop."""
 
-    def __init__(self, config, workdir: str):
+    def __init__(self, config, workdir: str, mesh=None):
         self.config = config
         self.workdir = workdir
-        self.mesh = sharding.make_mesh(config.mesh)
+        self.mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
         self.rules = [tuple(r) for r in config.sharding_rules]
         self.datasets = pipeline.build_datasets(
             config.data, sharding.batch_shards(self.mesh, self.rules)
@@ -214,7 +215,8 @@ class Trainer:
                 }
                 return {k: v[0] for k, v in out["recon"].items()}, hidden
 
-            self._previews[dataset] = jax.jit(run)
+            # replicated outputs: every process can read the first sample (multi-host)
+            self._previews[dataset] = jax.jit(run, out_shardings=sharding.replicated(self.mesh))
         return self._previews[dataset]
 
     def run(self) -> step_lib.TrainState:
@@ -232,6 +234,15 @@ class Trainer:
             if config.init_from:
                 state = load_init_from(config.init_from, state, reporter)
         start = int(jax.device_get(state.step))
+        for d in self.datasets:
+            logging.info(
+                "process %d/%d reads %d of the %d samples of each %s batch",
+                jax.process_index(),
+                jax.process_count(),
+                d.global_batch // jax.process_count(),
+                d.global_batch,
+                d.name,
+            )
         reporter.last_step = start
 
         batches = pipeline.StepBatches(
@@ -240,6 +251,7 @@ class Trainer:
             mask_ratio=self.model_config.mask_ratio,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
+            mask_time_padding=config.data.get("time_padding", "mask") == "mask",
         )
         iterator = pipeline.make_iterator(
             batches,
