@@ -53,4 +53,4 @@ def test_debug_config_compiles_for_simulated_cpu_devices():
             + " --xla_force_host_platform_device_count=4"
         },
     )
-    assert re.search(r"bigearthnet\s+\d+ tokens x 4 modalities: peak [\d.]+ GiB", out), out
+    assert re.search(r"bigearthnet\s+\d+ tokens x 4 modalities: peak\s+[\d.]+ GiB", out), out

@@ -26,7 +26,7 @@ from ramen_jax.data import pipeline
 from ramen_jax.model import loss as loss_lib
 from ramen_jax.model import state as state_lib
 from ramen_jax.model.mae import ModelConfig, RamenMAE
-from ramen_jax.training import checkpointing, previews, reporting, sharding
+from ramen_jax.training import checkpointing, compile_stats, previews, reporting, sharding
 from ramen_jax.training import step as step_lib
 from ramen_jax.training.optimizer import TorchAdamWState, learning_rate_schedule, torch_adamw
 
@@ -264,6 +264,7 @@ class Trainer:
         stop = {"signal": False}
         previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
         pending: list = []
+        compiles = compile_stats.counter()
 
         def flush(step):
             """Fetches the pending metrics, stops on NaN/inf, logs their mean over the window
@@ -275,7 +276,7 @@ class Trainer:
                 reporter.log(
                     step,
                     reporting.window_mean([m for _, m in window]),
-                    {"compiles": len(self.compiled_signatures)},
+                    {"compiles": len(self.compiled_signatures), **compiles.snapshot()},
                 )
             pending.clear()
 
