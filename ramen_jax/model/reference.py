@@ -50,7 +50,7 @@ def original_order_recon(
         features = decoder.resampler.resample_features(features, first, first, scale)
         if len(stages) > 1:
             second = jnp.asarray(stages[1], dtype)
-            features = jnp.einsum("ih,nhwd,jw->nijd", second, features, second)
+            features = tok.resize_square(features, second)
         projection = projection_matrix(decoder, spec, dtype)
         recon = features @ projection.T
         out[spec.name] = recon.reshape(b, t, *recon.shape[1:])

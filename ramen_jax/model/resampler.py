@@ -85,8 +85,7 @@ class ScaleResampler(nnx.Module):
 
         x ``[N, H, W, D]``; resize matrices ``[h, H]`` and ``[w, W]`` (``ramen_jax.geometry``).
         """
-        up = jnp.einsum(
-            "ih,nhwd,jw->nijd", resize_rows.astype(x.dtype), x, resize_cols.astype(x.dtype)
-        )
+        rows = jnp.einsum("ih,nhwd->niwd", resize_rows.astype(x.dtype), x)
+        up = jnp.einsum("jw,niwd->nijd", resize_cols.astype(x.dtype), rows)
         weights = self.gate(jnp.asarray(scale, x.dtype))
         return self.mix_experts(up, weights)

@@ -21,19 +21,27 @@ def nan_to_zero(x):
     return jnp.where(jnp.isfinite(x), x, jnp.zeros((), x.dtype))
 
 
+def resize_square(x, resize):
+    """Applies ``resize`` ``[out, in]`` to both spatial axes of ``x`` ``[..., in, in, C]``.
+
+    Two explicit contractions (rows, then columns): an einsum with both matrices at once may
+    materialise their ``[out, in, out, in]`` outer product, 1 GB for a 512-px image.
+    """
+    rows = jnp.einsum("ih,...hwc->...iwc", resize, x)
+    return jnp.einsum("jw,...iwc->...ijc", resize, rows)
+
+
 def resize_to_grid(pixels, resize):
     """``[B, T, H, H, C]`` native pixels -> ``[B, T, S, S, C]`` with the ``[S, H]`` matrix
     (rows and columns). Computed in at least float32 (it is cheap: C channels only)."""
     dtype = jnp.promote_types(pixels.dtype, jnp.float32)
     x = nan_to_zero(pixels.astype(dtype))
-    r = resize.astype(dtype)
-    return jnp.einsum("ih,bthwc,jw->btijc", r, x, r)
+    return resize_square(x, resize.astype(dtype))
 
 
 def grid_to_native(grid, resize):
     """``[B, T, S, S, C]`` -> ``[B, T, H, H, C]`` with the ``[H, S]`` matrix."""
-    r = resize.astype(grid.dtype)
-    return jnp.einsum("hi,btijc,wj->bthwc", r, grid, r)
+    return resize_square(grid, resize.astype(grid.dtype))
 
 
 def _flatten_grid(grid):
