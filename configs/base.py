@@ -5,7 +5,8 @@ r"""The paper's pretraining run: ViT-B RAMEN on FLAIR-HUB, MMEarth and WorldStra
 Datasets are read from ``data_prep`` outputs (``--config.data.datasets.mmearth.source.path=...``).
 Variants: ``configs/base.py:debug`` keeps this file's training setup but shrinks the model and
 reads the bundled demo data, so it runs on a 2-core CPU; ``configs/base.py:cpu_step`` keeps the
-full ViT-B model on the demo data (one real step on CPU, for checks). Any field can be
+full ViT-B model on the demo data (one real step on CPU, for checks); ``:tiny`` and ``:small``
+keep everything but use ViT-Ti / ViT-S sized models (see ``MODEL_SIZES``). Any field can be
 overridden with ``--config.a.b=value``.
 
 Facts from the original setup (SPEC.md part D): AdamW lr 1.5e-4, weight decay 0.05, betas
@@ -114,6 +115,18 @@ def demo_datasets(per_device_batch=8, crop_fraction=0.6, gsds=(30.0, 40.0, 60.0,
     return d
 
 
+# Smaller encoders for ablations and benchmarks (``configs/base.py:tiny`` / ``:small``): the
+# paper's data and training setup with ViT-Ti / ViT-S widths and a proportionally smaller decoder.
+MODEL_SIZES = {
+    "tiny": dict(
+        embed_dim=192, depth=12, num_heads=3, decoder_dim=128, decoder_depth=4, decoder_heads=4
+    ),
+    "small": dict(
+        embed_dim=384, depth=12, num_heads=6, decoder_dim=256, decoder_depth=8, decoder_heads=8
+    ),
+}
+
+
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -135,6 +148,7 @@ def get_config(arg=None):
             "attention_impl": "",
             "dtype": "bfloat16",
             "remat": False,
+            "scan_layers": False,
         }
     )
 
@@ -209,6 +223,8 @@ def get_config(arg=None):
         c.optim.warmup_epochs = 0
         c.checkpoint.every_steps = 1
         c.log_every_steps, c.preview_every_steps = 1, 0
+    elif arg in MODEL_SIZES:
+        c.model.update(MODEL_SIZES[arg])
     elif arg:
-        raise ValueError(f"unknown variant {arg!r}; use debug or cpu_step")
+        raise ValueError(f"unknown variant {arg!r}; use debug, cpu_step, tiny or small")
     return c

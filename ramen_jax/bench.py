@@ -9,10 +9,11 @@ padding included) and random pixels, compiles the jitted train step (timed), run
 then ``--steps`` steps and reports the median step time, samples/s, valid tokens/s, analytic
 model FLOPs per step (``ramen_jax.perf.flops``) next to XLA's cost analysis, achieved FLOP/s and
 MFU against the peak of a large matmul measured on the same device in the same dtype, XLA's
-memory estimate, and the token padding. ``--decoder-compare`` also times the decoder forward
-with the original's reconstruction order (``ramen_jax.model.reference``) against ours.
-Options: ``--remat``, ``--dtype``, ``--attention`` (``xla``/``cudnn``/...). Any config field can
-be overridden as in training. Output: a table, then one JSON line.
+memory estimate, the number of XLA programs compiled for the case (1: no recompiles while
+timing) and the token padding. ``--decoder_compare`` also times the decoder forward with the
+original's reconstruction order (``ramen_jax.model.reference``) against ours. Options:
+``--remat``, ``--scan_layers``, ``--dtype``, ``--attention`` (``xla``/``cudnn``/...). Any config
+field can be overridden as in training. Output: a table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ramen_jax.data import pipeline
 from ramen_jax.model import state as state_lib
 from ramen_jax.model.reference import original_order_recon
 from ramen_jax.perf import flops as flops_lib
-from ramen_jax.training import sharding
+from ramen_jax.training import compile_stats, sharding
 from ramen_jax.training.trainer import Trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.")
@@ -41,6 +42,7 @@ _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per case.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype override.")
 _REMAT = flags.DEFINE_bool("remat", None, "Rematerialise blocks (override).")
+_SCAN = flags.DEFINE_bool("scan_layers", None, "Scan over transformer blocks (override).")
 _ATTENTION = flags.DEFINE_string("attention", None, "jax.nn.dot_product_attention impl.")
 _DECODER = flags.DEFINE_bool("decoder_compare", False, "Time the original decoder head too.")
 flags.mark_flags_as_required(["config"])
@@ -112,6 +114,7 @@ def bench_case(trainer: Trainer, batches, case, peak: float, rng) -> dict:
     batch = sharding.device_batch(host, trainer.mesh, trainer.rules)
     state = trainer.init_state()
     step = trainer.step_fn(d.name)
+    before = compile_stats.counter().snapshot()["xla_compiles"]
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_seconds = time.perf_counter() - start
@@ -121,6 +124,7 @@ def bench_case(trainer: Trainer, batches, case, peak: float, rng) -> dict:
     median, (state, _) = time_calls(
         lambda s, b: (compiled(s, b)[0], b), (state, batch), _WARMUP.value, _STEPS.value
     )  # the step donates its state: keep the latest
+    compiles = compile_stats.counter().snapshot()["xla_compiles"] - before
     layout = host["layout"]
     valid = int(layout["token_valid"].sum())
     model_flops = flops_lib.train_step_flops(trainer.model_config, d.specs, layout, host["pixels"])
@@ -138,6 +142,7 @@ def bench_case(trainer: Trainer, batches, case, peak: float, rng) -> dict:
         "achieved_tflops_s": model_flops / median / 1e12,
         "mfu": model_flops / median / (peak * jax.device_count()),
         "compile_s": compile_seconds,
+        "compiles": compiles,
         "memory_gib": (
             memory.argument_size_in_bytes
             + memory.output_size_in_bytes
@@ -201,17 +206,17 @@ def print_table(rows: list[dict], peak: float) -> None:
         f"device: {jax.devices()[0].device_kind} x {jax.device_count()}; measured matmul peak "
         f"{peak / 1e12:.3f} TFLOP/s per device"
     )
-    head = (
-        f"{'case':<34}{'B':>4}{'tokens':>8}{'pad':>6}{'step s':>9}{'samples/s':>10}"
-        f"{'tok/s':>10}{'TFLOP':>8}{'XLA':>8}{'MFU':>7}{'compile':>9}{'GiB':>7}"
+    width = max(len("case"), *(len(r["case"]) for r in rows)) + 2
+    print(
+        f"{'case':<{width}}{'B':>4}{'tokens':>8}{'pad':>6}{'step s':>9}{'samples/s':>10}"
+        f"{'tok/s':>10}{'TFLOP':>8}{'XLA':>8}{'MFU':>7}{'compiles':>9}{'compile':>9}{'GiB':>7}"
     )
-    print(head)
     for r in rows:
         print(
-            f"{r['case']:<34}{r['batch']:>4}{r['tokens']:>8}{r['padding']:>6.1%}"
+            f"{r['case']:<{width}}{r['batch']:>4}{r['tokens']:>8}{r['padding']:>6.1%}"
             f"{r['step_s']:>9.3f}{r['samples_per_s']:>10.2f}{r['tokens_per_s']:>10.0f}"
             f"{r['model_tflops']:>8.3f}{r['xla_tflops']:>8.3f}{r['mfu']:>7.1%}"
-            f"{r['compile_s']:>8.1f}s{r['memory_gib']:>7.2f}"
+            f"{r['compiles']:>9}{r['compile_s']:>8.1f}s{r['memory_gib']:>7.2f}"
         )
         if "decoder_speedup" in r:
             print(
@@ -228,6 +233,8 @@ def main(argv):
         config.model.dtype = _DTYPE.value
     if _REMAT.value is not None:
         config.model.remat = _REMAT.value
+    if _SCAN.value is not None:
+        config.model.scan_layers = _SCAN.value
     if _ATTENTION.value:
         config.model.attention_impl = _ATTENTION.value
     trainer = Trainer(config, tempfile.mkdtemp())
@@ -245,6 +252,7 @@ def main(argv):
                 "devices": jax.device_count(),
                 "dtype": config.model.dtype,
                 "remat": bool(config.model.remat),
+                "scan_layers": bool(config.model.scan_layers),
                 "peak_tflops_per_device": peak / 1e12,
                 "cases": rows,
             }

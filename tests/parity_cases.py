@@ -11,6 +11,7 @@ Tolerances (see tests/fixtures/README.md, 'Noise levels and suggested tolerances
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import pathlib
@@ -76,11 +77,12 @@ def torch_weights() -> dict:
     return load("weights.npz")
 
 
-def build(dtype):
-    """A model holding the fixture weights (cast to ``dtype``)."""
+def build(dtype, **options):
+    """A model holding the fixture weights (cast to ``dtype``); ``options`` replace
+    ``ModelConfig`` fields that do not change the parameters (remat, scan_layers, ...)."""
     shapes = state_lib.flat_shapes(state_lib.abstract_model(model_config()))
     flat = mapping.from_torch(torch_weights(), shapes, "weights.npz")
-    return state_lib.model_from_flat(model_config(), flat, dtype)
+    return state_lib.model_from_flat(dataclasses.replace(model_config(), **options), flat, dtype)
 
 
 def dataset_specs(case: dict) -> list[sensors.ModalitySpec]:

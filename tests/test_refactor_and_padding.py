@@ -7,9 +7,11 @@ import numpy as np
 import parity_cases as pc
 import pytest
 
+from ramen_jax.convert import mapping
 from ramen_jax.data.layout import build_layout
 from ramen_jax.model import state as state_lib
 from ramen_jax.model.reference import original_order_recon
+from ramen_jax.training import step as step_lib
 
 
 @pytest.mark.parametrize("file", [c["file"] for c in pc.cases("mae")])
@@ -90,3 +92,38 @@ def test_padded_tokens_never_change_valid_tokens(implementation):
     np.testing.assert_allclose(
         plain, pc.load(case["file"])["tokens"], atol=pc.f32_tolerance("tokens")
     )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"remat": True}, {"scan_layers": True}, {"remat": True, "scan_layers": True}],
+    ids=lambda o: "+".join(o),
+)
+def test_remat_and_scan_over_layers_compute_the_original_loss_and_gradients(options):
+    """float64: the memory/compile-time options change how the step is computed, not what."""
+    case = next(c for c in pc.cases("mae") if c["kind"] == "mae_train")
+    arrays = pc.load(case["file"])
+    with jax.enable_x64(True):
+        model = pc.build(jnp.float64, **options)
+        specs, batch = pc.batch(case, np.float64)
+        overrides = pc.f64_overrides(case, specs, batch["layout"])
+        graphdef, params, stats = state_lib.split_model(model)
+        noise = jnp.asarray(arrays["mask_noise"], jnp.float64)
+        out, _, grads = jax.jit(
+            lambda p, s, b, o, n: step_lib.loss_and_grads(
+                graphdef, p, s, b, tuple(specs), n, overrides=o
+            )
+        )(params, stats, batch, overrides, noise)
+        assert pc.rel_error(out["loss"], arrays["f64/loss_total"]) < pc.F64_RTOL
+        torch_grads = mapping.to_torch(state_lib.flatten_dict(grads))
+        checked = 0
+        for name, grad in torch_grads.items():
+            key = f"f64/grad/{name}"
+            if key not in arrays:
+                continue
+            if np.abs(arrays[key]).max() <= pc.F64_ZERO_GRAD_ATOL:  # structurally zero
+                assert np.abs(grad).max() <= pc.F64_ZERO_GRAD_ATOL, name
+            else:
+                assert pc.rel_error(np.asarray(grad), arrays[key]) < pc.F64_RTOL, name
+            checked += 1
+        assert checked > 100

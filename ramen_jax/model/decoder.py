@@ -42,10 +42,12 @@ class Decoder(nnx.Module):
         param_dtype=jnp.float32,
         attention_impl: str | None = None,
         remat: bool = False,
+        scan_layers: bool = False,
     ):
         self.decoder_dim = decoder_dim
         self.dtype = dtype
         self.remat = remat
+        self.scan_layers = scan_layers
         self.decoder_embed = Dense(
             embed_dim,
             decoder_dim,
@@ -110,7 +112,7 @@ class Decoder(nnx.Module):
         batch = x.shape[0]
         mask = jnp.concatenate([jnp.ones((1,), bool), layout["token_valid"]])
         mask = jnp.broadcast_to(mask, (batch, mask.shape[0]))
-        x = run_blocks(self.blocks, x, mask, self.remat)
+        x = run_blocks(self.blocks, x, mask, self.remat, self.scan_layers)
         return self.norm(x)
 
     def temporal(self, tokens, batch, specs, layout, overrides=None):

@@ -43,10 +43,12 @@ class Encoder(nnx.Module):
         attention_impl: str | None = None,
         ltae_attention_dropout: float = 0.0,
         remat: bool = False,
+        scan_layers: bool = False,
     ):
         self.embed_dim = embed_dim
         self.dtype = dtype
         self.remat = remat
+        self.scan_layers = scan_layers
         self.cls_token = param(
             rngs, trunc_normal_init(0.02), (1, 1, embed_dim), (None, None, "embed"), param_dtype
         )
@@ -144,7 +146,7 @@ class Encoder(nnx.Module):
     def transform(self, tokens, key_mask):
         """Class token + ViT blocks + final norm. tokens ``[B, N, D]``, key_mask ``[B, N]``."""
         x, mask = self._with_cls(tokens, key_mask)
-        x = run_blocks(self.blocks, x, mask, self.remat)
+        x = run_blocks(self.blocks, x, mask, self.remat, self.scan_layers)
         return self.norm(x)
 
     def block_outputs(self, batch, specs, blocks: Sequence[int]) -> list:

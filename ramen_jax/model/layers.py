@@ -266,9 +266,26 @@ class ProjectorMlp(nnx.Module):
         return self.norm(self.fc2(gelu(self.fc1(x))))
 
 
-def run_blocks(blocks, x, key_mask, remat: bool = False):
-    """Applies ``blocks`` in order; with ``remat`` each block's activations are recomputed in
-    the backward pass instead of stored (``nnx.remat``)."""
+def run_blocks(blocks, x, key_mask, remat: bool = False, scan: bool = False):
+    """Applies ``blocks`` in order.
+
+    ``remat``: each block's activations are recomputed in the backward pass instead of stored.
+    ``scan``: the blocks run as one ``jax.lax.scan`` over their parameters stacked on the fly,
+    so XLA compiles one block body instead of ``len(blocks)`` copies (shorter compiles for deep
+    models). The parameters keep their per-block layout (checkpoints and conversion are
+    unchanged); the stack is a copy of the block weights made inside the step.
+    """
+    if scan and len(blocks) > 1:
+        graphdef, first = nnx.split(blocks[0])
+        stacked = jax.tree.map(
+            lambda *leaves: jnp.stack(leaves), first, *(nnx.state(b) for b in blocks[1:])
+        )
+
+        def body(y, block_state):
+            return nnx.merge(graphdef, block_state)(y, key_mask), None
+
+        x, _ = jax.lax.scan(jax.checkpoint(body) if remat else body, x, stacked)
+        return x
     call = nnx.remat(lambda block, y, m: block(y, m)) if remat else (lambda b, y, m: b(y, m))
     for block in blocks:
         x = call(block, x, key_mask)

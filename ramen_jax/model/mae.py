@@ -39,6 +39,7 @@ class ModelConfig:
     ltae_attention_dropout: float = 0.0
     attention_impl: str | None = None
     remat: bool = False
+    scan_layers: bool = False
 
     def __post_init__(self):
         kinds = tuple(sorted(set(self.kinds)))
@@ -64,6 +65,7 @@ class RamenMAE(nnx.Module):
             attention_impl=config.attention_impl,
             ltae_attention_dropout=config.ltae_attention_dropout,
             remat=config.remat,
+            scan_layers=config.scan_layers,
         )
         self.decoder = Decoder(
             kinds=config.kinds,
@@ -78,6 +80,7 @@ class RamenMAE(nnx.Module):
             param_dtype=param_dtype,
             attention_impl=config.attention_impl,
             remat=config.remat,
+            scan_layers=config.scan_layers,
         )
 
     def kept_slots(self, length: int) -> int:
