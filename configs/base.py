@@ -145,6 +145,8 @@ def get_config(arg=None):
             "mask_ratio": 0.75,
             "block_norm_eps": 1e-6,
             "ltae_attention_dropout": 0.1,
+            # "" = einsum on CPU, jax.nn.dot_product_attention's choice elsewhere;
+            # "xla" / "cudnn" / "einsum" force one (docs/performance.md).
             "attention_impl": "",
             "dtype": "bfloat16",
             "remat": False,

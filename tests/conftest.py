@@ -19,3 +19,26 @@ os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE  # inherited by subprocesses
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """RAMEN_PARITY_REPORT=path: the worst relative error per fixture case and precision of the
+    parity tests that ran, as a table on stdout and JSON at ``path``."""
+    import json
+    import sys
+
+    path = os.environ.get("RAMEN_PARITY_REPORT")
+    pc = sys.modules.get("parity_cases")
+    if not path or pc is None or not pc.WORST:
+        return
+    rows = [
+        {"case": file, "precision": precision, **entry}
+        for (file, precision), entry in sorted(pc.WORST.items())
+    ]
+    with open(path, "w") as f:
+        json.dump(rows, f, indent=1)
+    write = session.config.pluginmanager.get_plugin("terminalreporter").write_line
+    write("worst relative error (max|ours - ref| / max|ref|) per fixture case:")
+    for r in rows:
+        ratio = f"  ({r['tol_ratio']:.2f} x f32 tolerance)" if "tol_ratio" in r else ""
+        write(f"  {r['case']:<36} {r['precision']}  {r['rel']:.2e}  {r['key']}{ratio}")

@@ -49,10 +49,40 @@ def config() -> dict:
     return json.loads((FIXTURES / "config.json").read_text())
 
 
+class Arrays(dict):
+    """A fixture file's arrays; ``file`` names it (for the error report)."""
+
+    file = ""
+
+
 @functools.cache
-def load(name: str) -> dict:
+def load(name: str) -> Arrays:
     with np.load(FIXTURES / name) as arrays:
-        return dict(arrays)
+        out = Arrays(arrays)
+    out.file = name
+    return out
+
+
+# Worst error seen per (fixture file, precision), filled by ``check``; written by conftest as
+# a table (and JSON) when RAMEN_PARITY_REPORT=path is set.
+WORST: dict = {}
+
+
+def check(ours, arrays: Arrays, key: str, f64: bool, group: str, record_key: str | None = None):
+    """Asserts one array against the fixture (float64: relative to max|ref| within
+    ``F64_RTOL``; float32: absolute within ``F32_NOISE_FACTOR`` x the original's noise of
+    ``group``) and records the relative error for the report."""
+    ref = reference(arrays, key, f64)
+    rel = rel_error(ours, ref)
+    entry = WORST.setdefault((arrays.file, "f64" if f64 else "f32"), {"rel": 0.0, "key": ""})
+    if rel >= entry["rel"]:
+        entry.update(rel=rel, key=record_key or key)
+    if f64:
+        assert rel <= F64_RTOL, f"{key}: rel error {rel:.3g} > {F64_RTOL}"
+    else:
+        err, tol = abs_error(ours, ref), f32_tolerance(group)
+        entry["tol_ratio"] = max(entry.get("tol_ratio", 0.0), err / tol)
+        assert err <= tol, f"{key}: abs error {err:.3g} > {tol:.3g}"
 
 
 def cases(kind_prefix: str) -> list[dict]:

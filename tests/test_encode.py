@@ -24,10 +24,10 @@ from affine import Affine
 from flax import nnx
 
 from ramen_jax import sensors
-from ramen_jax.convert import model_io
+from ramen_jax.convert import checkpoints, model_io
 from ramen_jax.data.layout import build_layout
 from ramen_jax.encode import __main__ as cli
-from ramen_jax.encode import checkpoints, geotiff, inputs, runner
+from ramen_jax.encode import geotiff, inputs, runner
 from ramen_jax.model import state as state_lib
 from ramen_jax.model.mae import ModelConfig
 
@@ -258,6 +258,28 @@ def test_training_workdir_checkpoint(tmp_path):
         np.testing.assert_array_equal(flat[path], np.asarray(value))
     with pytest.raises(model_io.ModelCheckpointError, match="no checkpoint of step 6"):
         checkpoints.load_encoder_weights(tmp_path, step=6)
+
+    # ... and the converter exports a step of the run, decoder included, to PyTorch
+    torch = pytest.importorskip("torch")
+    from ramen_jax.convert import cli as convert_cli
+    from ramen_jax.convert import mapping
+
+    out = tmp_path / "export.ckpt"
+    assert convert_cli.main(["to-torch", str(tmp_path), str(out), "--format", "lightning"]) == 0
+    exported = torch.load(out, weights_only=True)["state_dict"]
+    latest_params = jax.tree.map(lambda x: np.asarray(x) + 1, params)
+    wanted = mapping.to_torch(state_lib.flatten_dict(latest_params))
+    assert any(name.startswith("model.decoder.") for name in exported)
+    for name, value in wanted.items():
+        np.testing.assert_array_equal(exported["model." + name].numpy(), value, err_msg=name)
+    released = tmp_path / "released.ckpt"
+    assert convert_cli.main(["to-torch", str(tmp_path), str(released), "--step", "5"]) == 0
+    first_export = torch.load(released, weights_only=True)["state_dict"]
+    assert not any(name.startswith("decoder") for name in first_export)
+    np.testing.assert_array_equal(
+        first_export["cls_token"].numpy(), np.asarray(params["encoder"]["cls_token"])
+    )
+    assert convert_cli.main(["to-torch", str(tmp_path), str(released), "--step", "6"]) == 1
 
 
 @pytest.mark.parametrize(

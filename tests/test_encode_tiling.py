@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from test_encode import TINY, save_encoder
 
-from ramen_jax.encode import checkpoints, inputs, runner, scene, tiling
+from ramen_jax.convert import checkpoints
+from ramen_jax.encode import inputs, runner, scene, tiling
 
 
 class PoolingEncoder:

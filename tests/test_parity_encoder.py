@@ -74,16 +74,6 @@ def _run(file, f64):
     return case, specs, batch, out
 
 
-def _check(ours, arrays, key, f64, group):
-    ref = pc.reference(arrays, key, f64)
-    if f64:
-        err = pc.rel_error(ours, ref)
-        assert err <= pc.F64_RTOL, f"{key}: rel error {err:.3g} > {pc.F64_RTOL}"
-    else:
-        err, tol = pc.abs_error(ours, ref), pc.f32_tolerance(group)
-        assert err <= tol, f"{key}: abs error {err:.3g} > {tol:.3g}"
-
-
 def _stored(arrays, key, f64):
     return ("f64/" + key if f64 else key) in arrays
 
@@ -93,19 +83,19 @@ def _stored(arrays, key, f64):
 def test_encoder_outputs(file, f64):
     case, specs, _, out = _run(file, f64)
     arrays = pc.load(file)
-    _check(out["tokens"], arrays, "tokens", f64, "tokens")
+    pc.check(out["tokens"], arrays, "tokens", f64, "tokens")
     for i, spec in enumerate(specs):
         if _stored(arrays, f"tok/{spec.name}", f64):
-            _check(
+            pc.check(
                 out["embedded"][:, pc.modality_slice(case, spec.name)],
                 arrays,
                 f"tok/{spec.name}",
                 f64,
                 "tok",
             )
-        _check(out["spec"][i], arrays, f"spec/{spec.name}", f64, "spec")
+        pc.check(out["spec"][i], arrays, f"spec/{spec.name}", f64, "spec")
         if spec.kind == "optical":
-            _check(out["spec_sincos"][i], arrays, f"spec_sincos/{spec.name}", f64, "spec_sincos")
+            pc.check(out["spec_sincos"][i], arrays, f"spec_sincos/{spec.name}", f64, "spec_sincos")
 
 
 @pytest.mark.parametrize("f64", [True, False], ids=["f64", "f32"])
@@ -119,7 +109,7 @@ def test_ltae_output(file, f64):
     for i, spec in enumerate(series):
         pooled = out["ltae"][:, i * side * side : (i + 1) * side * side]
         grid = pooled.reshape(-1, side, side, pooled.shape[-1]).transpose(0, 3, 1, 2)
-        _check(grid, arrays, f"ltae_out/{spec.name}", f64, "ltae_out")
+        pc.check(grid, arrays, f"ltae_out/{spec.name}", f64, "ltae_out")
 
 
 @pytest.mark.parametrize("file", [c["file"] for c in ENCODER_CASES])
@@ -165,6 +155,6 @@ def test_resampler_in_original_order(f64):
                 side = geometry.scaled_side(h, scale)
                 matrix = jnp.asarray(geometry.bilinear_matrix(h, side, scale, np.dtype(dtype)))
                 result = resample(features, matrix, matrix, scale)
-                _check(np.asarray(result).transpose(0, 3, 1, 2), arrays, key, f64, "resampled")
+                pc.check(np.asarray(result).transpose(0, 3, 1, 2), arrays, key, f64, "resampled")
                 checked += 1
         assert checked >= 12

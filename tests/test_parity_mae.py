@@ -72,16 +72,6 @@ def _run(file, f64):
     return case, specs, out, torch_grads, torch_after, torch_stats, metrics
 
 
-def _check(ours, arrays, key, f64, group):
-    ref = pc.reference(arrays, key, f64)
-    if f64:
-        err = pc.rel_error(ours, ref)
-        assert err <= pc.F64_RTOL, f"{key}: rel error {err:.3g} > {pc.F64_RTOL}"
-    else:
-        err, tol = pc.abs_error(ours, ref), pc.f32_tolerance(group)
-        assert err <= tol, f"{key}: abs error {err:.3g} > {tol:.3g}"
-
-
 @pytest.mark.parametrize("f64", [True, False], ids=["f64", "f32"])
 @pytest.mark.parametrize("file", [c["file"] for c in MAE_CASES])
 def test_mae_forward(file, f64):
@@ -90,15 +80,15 @@ def test_mae_forward(file, f64):
     np.testing.assert_array_equal(out["ids_shuffle"], arrays["ids_shuffle"])
     np.testing.assert_array_equal(out["ids_restore"], arrays["ids_restore"])
     np.testing.assert_array_equal(out["mask"], arrays["mask"])
-    _check(out["latent"], arrays, "latent", f64, "latent")
-    _check(out["dec_tokens"], arrays, "dec_tokens", f64, "dec_tokens")
+    pc.check(out["latent"], arrays, "latent", f64, "latent")
+    pc.check(out["dec_tokens"], arrays, "dec_tokens", f64, "dec_tokens")
     for spec in specs:
-        _check(out["recon"][spec.name], arrays, f"recon/{spec.name}", f64, "recon")
-        _check(out["losses"][spec.name], arrays, f"loss/{spec.name}", f64, "loss")
-    _check(out["loss"], arrays, "loss_total", f64, "loss_total")
+        pc.check(out["recon"][spec.name], arrays, f"recon/{spec.name}", f64, "recon")
+        pc.check(out["losses"][spec.name], arrays, f"loss/{spec.name}", f64, "loss")
+    pc.check(out["loss"], arrays, "loss_total", f64, "loss_total")
     for key in arrays:
         if key.startswith("bn_after/") and "num_batches_tracked" not in key:
-            _check(stats[key[len("bn_after/") :]], arrays, key, f64, "bn_after")
+            pc.check(stats[key[len("bn_after/") :]], arrays, key, f64, "bn_after")
         elif key.startswith("bn_after/"):
             assert stats[key[len("bn_after/") :]] == arrays[key], key
 
@@ -113,7 +103,7 @@ def test_decoder_projections(f64):
             for spec in specs:
                 dtype = jnp.float64 if f64 else jnp.float32
                 ours = projection_matrix(model.decoder, spec, dtype)
-                _check(ours, arrays, f"dec_spec/{spec.name}", f64, "dec_spec")
+                pc.check(ours, arrays, f"dec_spec/{spec.name}", f64, "dec_spec")
 
 
 def _weights():
@@ -131,7 +121,7 @@ def test_gradients_and_adamw_step(file, f64):
     arrays = pc.load(file)
     weights = _weights()
     grad_none = set(case["grad_none_params"])
-    _check(metrics["grad_norm"], arrays, "grad_norm_preclip", f64, "grad_norm_preclip")
+    pc.check(metrics["grad_norm"], arrays, "grad_norm_preclip", f64, "grad_norm_preclip")
     assert set(grads) >= set(weights)
     for name, weight in weights.items():
         if name in grad_none:  # not used by the step: no gradient, untouched (no decay)
@@ -147,9 +137,9 @@ def test_gradients_and_adamw_step(file, f64):
             atol = pc.F64_ZERO_GRAD_PARAM_ATOL if f64 else 2 * OPT["lr"]
             assert pc.abs_error(after[name], ref) <= atol, name
             continue
-        _check(grads[name], arrays, f"grad/{name}", f64, "grad")
+        pc.check(grads[name], arrays, f"grad/{name}", f64, "grad")
         if f64:
-            _check(after[name], arrays, f"param_after/{name}", f64, "param_after")
+            pc.check(after[name], arrays, f"param_after/{name}", f64, "param_after")
         else:  # a tiny gradient's sign is float32 noise: at most lr apart, as the README says
             err = pc.abs_error(after[name], arrays[f"param_after/{name}"])
             assert err <= max(pc.f32_tolerance("param_after"), 2 * OPT["lr"]), name

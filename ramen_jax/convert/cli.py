@@ -5,7 +5,10 @@
     python -m ramen_jax.convert from-torch SRC.ckpt DST_DIR [--num-heads N] [--decoder-heads N]
                                            [--config JSON] [--overwrite]
     python -m ramen_jax.convert to-torch SRC_DIR DST.ckpt [--format released|lightning]
-                                         [--overwrite]
+                                         [--step N] [--overwrite]
+
+``SRC_DIR`` of ``to-torch`` is a model directory or a training workdir (its latest checkpoint,
+or ``--step``).
 
 Each prints one summary line. Bad input ends with exit status 1 and a one-line ``error: ...``
 on stderr (no traceback); usage errors exit with 2 (argparse). See docs/convert.md.
@@ -18,7 +21,7 @@ import json
 import pathlib
 import sys
 
-from ramen_jax.convert import mapping, model_io, torch_io
+from ramen_jax.convert import checkpoints, mapping, model_io, torch_io
 from ramen_jax.model.mae import ModelConfig
 
 _USER_ERRORS = (
@@ -61,12 +64,16 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--overwrite", action="store_true", help="replace an existing DST_DIR")
     dst = sub.add_parser(
         "to-torch",
-        help="ramen_jax model directory -> PyTorch .ckpt",
+        help="ramen_jax model directory or training workdir -> PyTorch .ckpt",
         description="Writes {'state_dict': ...} with the original's names, order, shapes and "
         "dtypes. 'released' (encoder only, bare names) is what PANGAEA loads; 'lightning' "
-        "(model.encoder./model.decoder.) needs a decoder.",
+        "(model.encoder./model.decoder.) needs a decoder. SRC_DIR is a model directory "
+        "(from-torch output) or a training workdir (python -m ramen_jax.train).",
     )
     dst.add_argument("src", metavar="SRC_DIR", type=pathlib.Path)
+    dst.add_argument(
+        "--step", type=int, help="checkpoint step of a training workdir (default: the latest)"
+    )
     dst.add_argument("dst", metavar="DST.ckpt", type=pathlib.Path)
     dst.add_argument("--format", choices=torch_io.FORMATS, default="released")
     dst.add_argument("--overwrite", action="store_true", help="replace an existing DST.ckpt")
@@ -131,7 +138,7 @@ def from_torch(args) -> str:
 def to_torch(args) -> str:
     if args.dst.exists() and not args.overwrite:
         raise FileExistsError(f"{args.dst} already exists (use --overwrite)")
-    config, params, batch_stats, has_decoder = model_io.load_model(args.src)
+    config, params, batch_stats, has_decoder = checkpoints.load_model_weights(args.src, args.step)
     count = torch_io.write_torch_checkpoint(
         args.dst, params, batch_stats, args.format, overwrite=args.overwrite
     )

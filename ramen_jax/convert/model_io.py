@@ -173,7 +173,7 @@ def save_model(
     return directory
 
 
-def _rekey(tree: dict, expected: dict) -> dict:
+def rekey(tree: dict, expected: dict) -> dict:
     """Orbax's string keys back to the expected keys (ints for block indices)."""
     by_str = {str(k): k for k in expected}
     out = {}
@@ -181,7 +181,7 @@ def _rekey(tree: dict, expected: dict) -> dict:
         target = by_str.get(str(key), key)
         sub = expected.get(target)
         out[target] = (
-            _rekey(value, sub) if isinstance(value, dict) and isinstance(sub, dict) else value
+            rekey(value, sub) if isinstance(value, dict) and isinstance(sub, dict) else value
         )
     return out
 
@@ -213,8 +213,8 @@ def load_model(directory) -> tuple[ModelConfig, dict, dict, bool]:
         keys = sorted(restored) if isinstance(restored, dict) else type(restored).__name__
         raise ModelCheckpointError(f"{path}: expected params and batch_stats, found {keys}")
     expected = dict(zip(_COLLECTIONS, expected_trees(config, has_decoder), strict=True))
-    params = _rekey(restored["params"], expected["params"])
-    batch_stats = _rekey(restored["batch_stats"], expected["batch_stats"])
+    params = rekey(restored["params"], expected["params"])
+    batch_stats = rekey(restored["batch_stats"], expected["batch_stats"])
     check_trees(params, batch_stats, config, has_decoder, str(path))
     return config, params, batch_stats, has_decoder
 

@@ -39,8 +39,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from data_prep import standins
-from ramen_jax.data import pipeline
+from ramen_jax.data import data_location, pipeline
 
 DEFAULT_WORKDIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "ramen_jax")
 
@@ -56,8 +55,7 @@ _NUM_WORKERS = flags.DEFINE_integer(
 )
 
 
-class BenchError(RuntimeError):
-    """The bench cannot run on what the config names."""
+BenchError = data_location.MissingDataError  # the bench cannot run on what the config names
 
 
 @dataclasses.dataclass
@@ -109,35 +107,8 @@ def fraction(part: int, whole: int) -> float:
 
 def locate_data(config, workdir: Path, say) -> dict[str, DatasetTally]:
     """Points every dataset of ``config.data`` at what the bench reads, saying which it is."""
-    tallies = {}
-    for name, dataset in config.data.datasets.items():
-        source = dataset.source
-        if source.get("type") != "records":
-            say(f"{name}: '{source.get('type')}' source, as configured")
-            tallies[name] = DatasetTally("configured", str(source.get("type")))
-        elif os.path.exists(source.path):
-            say(f"{name}: real data, converted records at {source.path}")
-            tallies[name] = DatasetTally("real", os.fspath(source.path))
-        else:
-            source.path = os.fspath(standin_records(name, source, workdir, say))
-            tallies[name] = DatasetTally("stand-in", source.path)
-    return tallies
-
-
-def standin_records(name: str, source, workdir: Path, say) -> Path:
-    if name not in standins.STANDINS:
-        raise BenchError(
-            f"{name}: no data at {source.path} and no stand-in for a dataset of that name; "
-            f"convert it with data_prep (stand-ins exist for {sorted(standins.STANDINS)})"
-        )
-    split = source.get("split", "train")
-    root = workdir / f"standins-v{standins.STANDIN_VERSION}" / name
-    say(
-        f"{name}: NO DATA at {source.path}; running on a SYNTHETIC STAND-IN written in the "
-        f"published layout ({standins.STANDINS[name].layout}) and converted with "
-        f"data_prep.{name}, cached in {root}"
-    )
-    return standins.build_standin(name, root, split)
+    located = data_location.locate_data(config, workdir, say)
+    return {name: DatasetTally(kind, where) for name, (kind, where) in located.items()}
 
 
 def measure(config, tallies: dict, batches: int, num_workers: int, progress) -> float:

@@ -14,13 +14,13 @@ Python API::
     batch = encoder.encode({"s2": pixels}, [spec], effective_gsd=40, blocks=[3, 5, 7, 11])
     batch.maps[0]  # [B, k * D, s, s]; batch.cls: [B, n_blocks, D]
 
-Modules: ``checkpoints`` (loading weights), ``runner`` (``FrozenEncoder``: devices, jit,
-PANGAEA layout), ``inputs`` (describing modalities, normalisation), ``geotiff`` (reading,
-aligning, writing), ``tiling`` (tiles and seamless blending), ``scene`` (``encode_scene``),
-``progress``. See docs/encode.md.
+Weights are read by ``ramen_jax.convert.checkpoints``. Modules: ``runner`` (``FrozenEncoder``:
+devices, jit, PANGAEA layout), ``inputs`` (describing modalities, normalisation), ``geotiff``
+(reading, aligning, writing), ``tiling`` (tiles and seamless blending), ``scene``
+(``encode_scene``), ``progress``. See docs/encode.md.
 """
 
-from ramen_jax.encode.checkpoints import EncoderWeights, load_encoder_weights
+from ramen_jax.convert.checkpoints import EncoderWeights, load_encoder_weights
 from ramen_jax.encode.geotiff import align_to_reference, read_modality
 from ramen_jax.encode.inputs import (
     SCENE_STATS,

@@ -25,9 +25,9 @@ import numpy as np
 import rasterio.errors
 
 from ramen_jax import sensors
+from ramen_jax.convert.checkpoints import load_encoder_weights
 from ramen_jax.convert.model_io import ModelCheckpointError
 from ramen_jax.encode import geotiff, inputs, scene
-from ramen_jax.encode.checkpoints import load_encoder_weights
 from ramen_jax.encode.runner import FrozenEncoder
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

@@ -31,8 +31,8 @@ from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from ramen_jax import sensors
+from ramen_jax.convert.checkpoints import ENCODER, EncoderWeights
 from ramen_jax.data.layout import build_layout
-from ramen_jax.encode.checkpoints import ENCODER, EncoderWeights
 from ramen_jax.encode.inputs import EncodeError
 from ramen_jax.model import state as state_lib
 

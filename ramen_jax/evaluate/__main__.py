@@ -24,12 +24,12 @@ import time
 import jax
 
 from ramen_jax import sensors
+from ramen_jax.convert.checkpoints import load_encoder_weights
 from ramen_jax.convert.model_io import ModelCheckpointError
 from ramen_jax.data.layout import LayoutError
 from ramen_jax.data.pipeline import BatchError
 from ramen_jax.data.sources import SourceConfigError
 from ramen_jax.encode import inputs
-from ramen_jax.encode.checkpoints import load_encoder_weights
 from ramen_jax.encode.runner import FrozenEncoder
 from ramen_jax.evaluate import datasets, outputs, probes, reports
 

@@ -194,16 +194,18 @@ class Attention(nnx.Module):
 def attention(q, k, v, mask, implementation=None):
     """Scaled dot-product attention on ``[B, L, heads, head_dim]``; mask ``[B, 1, 1, L]``.
 
-    ``jax.nn.dot_product_attention`` computes the softmax in float32 whatever the input dtype,
-    which is what we want for bf16/f32, but would round a float64 run (the parity tests) to
-    float32; float64 inputs therefore take an einsum path with the softmax in float64.
+    ``implementation``: ``None``/``"xla"``/``"cudnn"`` go to ``jax.nn.dot_product_attention``
+    (softmax in float32 whatever the input dtype); ``"einsum"`` is two einsums around a softmax
+    in the input dtype, which XLA's CPU backend runs faster (see docs/performance.md). float64
+    inputs (the parity tests) always take the einsum path, so the softmax is not rounded.
     """
-    if q.dtype != jnp.float64:
+    if q.dtype != jnp.float64 and implementation != "einsum":
         return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
     if mask is not None:
-        scores = jnp.where(mask, scores, -jnp.inf)
-    return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v)
+        scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
+    weights = jax.nn.softmax(scores.astype(jnp.promote_types(q.dtype, jnp.float32)), axis=-1)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
 
 
 class Block(nnx.Module):

@@ -115,6 +115,7 @@ def tokens_to_grid(values, index, side):
 
     values ``[B, L, ...]``; index ``[S*S]`` into L (``L`` = empty cell) -> ``[B, S, S, ...]``.
     """
-    padded = jnp.concatenate([values, jnp.zeros_like(values[:, :1])], axis=1)
+    sentinel = jnp.zeros((values.shape[0], 1, *values.shape[2:]), values.dtype)
+    padded = jnp.concatenate([values, sentinel], axis=1)  # L may be 0 (no series kept)
     grid = jnp.take(padded, index, axis=1)
     return grid.reshape(values.shape[0], side, side, *values.shape[2:])

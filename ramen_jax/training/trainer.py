@@ -41,8 +41,15 @@ def model_config_from(config, datasets) -> ModelConfig:
     kinds = sorted({spec.kind for d in datasets for spec in d.specs})
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     values = {k: v for k, v in config.model.items() if k in fields}
-    values["attention_impl"] = values.get("attention_impl") or None
+    values["attention_impl"] = values.get("attention_impl") or default_attention()
     return ModelConfig(kinds=tuple(kinds), **values)
+
+
+def default_attention() -> str | None:
+    """``model.attention_impl=""``: einsum attention on CPU (faster there with XLA's CPU
+    backend, measured in docs/performance.md), ``jax.nn.dot_product_attention``'s own choice
+    elsewhere."""
+    return "einsum" if jax.default_backend() == "cpu" else None
 
 
 def trainable_mask(params, optim_config):

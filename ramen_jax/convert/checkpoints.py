@@ -65,13 +65,18 @@ def _training_step(manager: ocp.CheckpointManager, workdir, step: int | None) ->
     return step
 
 
-def _restore_encoder_state(path: pathlib.Path) -> tuple[dict, dict]:
-    """Partial restore of ``params.encoder`` and ``batch_stats.encoder`` as NumPy arrays."""
+def _restore_model_state(path: pathlib.Path, encoder_only: bool = True) -> tuple[dict, dict]:
+    """Partial restore of ``params`` and ``batch_stats`` (only their ``encoder`` subtrees with
+    ``encoder_only``; never the optimiser moments) as NumPy arrays."""
     checkpointer = ocp.PyTreeCheckpointer()
     try:
         stored = checkpointer.metadata(path).item_metadata.tree
         wanted = {
-            collection: {ENCODER: stored[collection][ENCODER]}
+            collection: {
+                part: tree
+                for part, tree in stored[collection].items()
+                if part == ENCODER or not encoder_only
+            }
             for collection in ("params", "batch_stats")
             if ENCODER in stored.get(collection, {})
         }
@@ -89,7 +94,8 @@ def _restore_encoder_state(path: pathlib.Path) -> tuple[dict, dict]:
     return restored["params"], restored.get("batch_stats", {ENCODER: {}})
 
 
-def _from_training_workdir(workdir: pathlib.Path, step: int | None) -> EncoderWeights:
+def _training_checkpoint(workdir: pathlib.Path, step: int | None) -> tuple[ModelConfig, int]:
+    """The model config and step of a training workdir's checkpoint (latest by default)."""
     manager = ocp.CheckpointManager(workdir / CHECKPOINTS_DIR, item_names=(STATE_ITEM, META_ITEM))
     try:
         step = _training_step(manager, workdir, step)
@@ -101,13 +107,23 @@ def _from_training_workdir(workdir: pathlib.Path, step: int | None) -> EncoderWe
     if "model_config" not in meta:
         raise model_io.ModelCheckpointError(f"{workdir} step {step}: meta has no model_config")
     config, _ = model_io.config_from_dict(meta["model_config"], f"{workdir} step {step} meta")
-    params, batch_stats = _restore_encoder_state(workdir / CHECKPOINTS_DIR / str(step) / STATE_ITEM)
-    expected_params, expected_stats = model_io.expected_trees(config, has_decoder=False)
-    params = model_io._rekey(params, expected_params)
-    batch_stats = model_io._rekey(batch_stats, expected_stats)
+    return config, step
+
+
+def _from_training_workdir(
+    workdir: pathlib.Path, step: int | None, encoder_only: bool = True
+) -> tuple[EncoderWeights, bool]:
+    config, step = _training_checkpoint(workdir, step)
+    params, batch_stats = _restore_model_state(
+        workdir / CHECKPOINTS_DIR / str(step) / STATE_ITEM, encoder_only
+    )
+    has_decoder = not encoder_only and "decoder" in params
+    expected_params, expected_stats = model_io.expected_trees(config, has_decoder=has_decoder)
+    params = model_io.rekey(params, expected_params)
+    batch_stats = model_io.rekey(batch_stats, expected_stats)
     what = f"{workdir} step {step}"
-    model_io.check_trees(params, batch_stats, config, False, what)
-    return EncoderWeights(config, params, batch_stats, f"training workdir {what}")
+    model_io.check_trees(params, batch_stats, config, has_decoder, what)
+    return EncoderWeights(config, params, batch_stats, f"training workdir {what}"), has_decoder
 
 
 def load_encoder_weights(path, step: int | None = None) -> EncoderWeights:
@@ -122,8 +138,23 @@ def load_encoder_weights(path, step: int | None = None) -> EncoderWeights:
             )
         return _from_model_directory(path)
     if (path / CHECKPOINTS_DIR).is_dir():
-        return _from_training_workdir(path, step)
+        return _from_training_workdir(path, step)[0]
     raise model_io.ModelCheckpointError(
         f"{path} is neither a model directory (no {model_io.CONFIG_FILE}) nor a training "
         f"workdir (no {CHECKPOINTS_DIR}/)"
     )
+
+
+def load_model_weights(path, step: int | None = None) -> tuple[ModelConfig, dict, dict, bool]:
+    """The whole model (encoder, and decoder where stored) from a model directory or a training
+    workdir, as ``model_io.load_model`` returns it: ``(config, params, batch_stats,
+    has_decoder)``. ``python -m ramen_jax.convert to-torch`` reads its source with this."""
+    path = pathlib.Path(path).absolute()
+    if (path / CHECKPOINTS_DIR).is_dir() and not (path / model_io.CONFIG_FILE).is_file():
+        weights, has_decoder = _from_training_workdir(path, step, encoder_only=False)
+        return weights.config, weights.params, weights.batch_stats, has_decoder
+    if step is not None:
+        raise model_io.ModelCheckpointError(
+            f"{path} is not a training workdir: a step applies to training workdirs"
+        )
+    return model_io.load_model(path)

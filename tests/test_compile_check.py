@@ -1,0 +1,37 @@
+"""``python -m ramen_jax.perf.compile_check``: a restarted run builds no XLA program anew."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_restart_with_persistent_cache_compiles_nothing_new(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ramen_jax.perf.compile_check",
+            "--config=configs/demo.py:tiny",
+            "--steps=8",
+            "--restart_at=4",
+            "--nosmall_model",
+            f"--workdir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert 1 <= report["distinct_shapes"] <= report["max_shapes"]
+    # every shape is one train step program, plus init and helpers
+    assert report["run1_xla_compiles"] > report["distinct_shapes"]
+    assert report["restart_xla_compiles"] == 0
+    assert report["restart_cache_hits"] >= report["restart_shapes"] >= 1
+    run1 = (tmp_path / "run1.log").read_text()
+    run2 = (tmp_path / "run2.log").read_text()
+    assert "step 8/8" in run1 and "resumed from" in run2 and "step 8/8" in run2
