@@ -28,7 +28,7 @@ def test_restart_with_persistent_cache_compiles_nothing_new(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert 1 <= report["distinct_shapes"] <= report["max_shapes"]
-    # every shape is one train step program, plus init and helpers
+    # one program per step shape, plus the state initialisation
     assert report["run1_xla_compiles"] > report["distinct_shapes"]
     assert report["restart_xla_compiles"] == 0
     assert report["restart_cache_hits"] >= report["restart_shapes"] >= 1

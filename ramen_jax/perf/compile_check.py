@@ -115,6 +115,7 @@ def compile_check(
     workdir = pathlib.Path(workdir).absolute()
     if not 0 < restart_at < steps:
         raise ValueError(f"--restart_at must lie in (0, {steps}), got {restart_at}")
+    workdir.mkdir(parents=True, exist_ok=True)
     run_dir = workdir / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     shutil.rmtree(workdir / "xla_cache", ignore_errors=True)

@@ -343,4 +343,5 @@ def train_and_evaluate(config, workdir: str) -> step_lib.TrainState:
     if config.get("compilation_cache_dir"):
         jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    compile_stats.counter()  # count every program from here on, initialisation included
     return Trainer(config, workdir).run()
