@@ -1,4 +1,6 @@
-"""Frozen encoder weights for inference, from a model directory or a training workdir.
+"""Weights from a model directory or a training workdir: the encoder for inference
+(``load_encoder_weights``, used by encode/evaluate) or the whole model for export
+(``load_model_weights``, used by ``python -m ramen_jax.convert to-torch``).
 
 ``load_encoder_weights(path)`` accepts either
 
