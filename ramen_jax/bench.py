@@ -95,16 +95,26 @@ def synthetic_batch(batches, index: int, gsd: float, kept: tuple, rng) -> dict:
     return batch
 
 
+def median_seconds(call, repeats: int) -> float:
+    """Median wall time of ``call()`` (which must block until its result is ready)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def time_calls(fn, args, warmup: int, steps: int):
+    """Median time of ``args = fn(*args)`` (state threaded through, e.g. donated)."""
     for _ in range(warmup):
         args = fn(*args)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        args = fn(*args)
-        jax.block_until_ready(args)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), args
+    holder = [args]
+
+    def call():
+        holder[0] = jax.block_until_ready(fn(*holder[0]))
+
+    return median_seconds(call, steps), holder[0]
 
 
 def programs_built() -> int:
@@ -196,13 +206,10 @@ def compare_decoder_heads(trainer, d, host, batch, state, gsd) -> dict:
     for name, original in (("decoder_s", False), ("decoder_original_order_s", True)):
         fn = jax.jit(lambda p, s, lat, ids, o=original: decode(p, s, lat, ids, o))
         args = (state.params, state.batch_stats, out["latent"], out["ids_restore"])
-        jax.block_until_ready(fn(*args))
-        times = []
-        for _ in range(max(_STEPS.value, 3)):
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            times.append(time.perf_counter() - start)
-        timings[name] = statistics.median(times)
+        jax.block_until_ready(fn(*args))  # compile
+        timings[name] = median_seconds(
+            lambda f=fn, a=args: jax.block_until_ready(f(*a)), max(_STEPS.value, 3)
+        )
     timings["decoder_speedup"] = timings["decoder_original_order_s"] / timings["decoder_s"]
     return timings
 

@@ -17,6 +17,7 @@ from flax import nnx
 
 from ramen_jax.model.encodings import sincos_1d
 from ramen_jax.model.layers import Dense, gelu, uniform_init
+from ramen_jax.model.tokens import resize_2d
 
 NUM_EXPERTS = 4
 
@@ -85,7 +86,6 @@ class ScaleResampler(nnx.Module):
 
         x ``[N, H, W, D]``; resize matrices ``[h, H]`` and ``[w, W]`` (``ramen_jax.geometry``).
         """
-        rows = jnp.einsum("ih,nhwd->niwd", resize_rows.astype(x.dtype), x)
-        up = jnp.einsum("jw,niwd->nijd", resize_cols.astype(x.dtype), rows)
+        up = resize_2d(x, resize_rows.astype(x.dtype), resize_cols.astype(x.dtype))
         weights = self.gate(jnp.asarray(scale, x.dtype))
         return self.mix_experts(up, weights)

@@ -21,14 +21,20 @@ def nan_to_zero(x):
     return jnp.where(jnp.isfinite(x), x, jnp.zeros((), x.dtype))
 
 
-def resize_square(x, resize):
-    """Applies ``resize`` ``[out, in]`` to both spatial axes of ``x`` ``[..., in, in, C]``.
+def resize_2d(x, resize_rows, resize_cols):
+    """Applies ``resize_rows`` ``[out_h, h]`` and ``resize_cols`` ``[out_w, w]`` to the spatial
+    axes of ``x`` ``[..., h, w, C]``.
 
     Two explicit contractions (rows, then columns): an einsum with both matrices at once may
     materialise their ``[out, in, out, in]`` outer product, 1 GB for a 512-px image.
     """
-    rows = jnp.einsum("ih,...hwc->...iwc", resize, x)
-    return jnp.einsum("jw,...iwc->...ijc", resize, rows)
+    rows = jnp.einsum("ih,...hwc->...iwc", resize_rows, x)
+    return jnp.einsum("jw,...iwc->...ijc", resize_cols, rows)
+
+
+def resize_square(x, resize):
+    """``resize_2d`` with the same ``[out, in]`` matrix on both axes."""
+    return resize_2d(x, resize, resize)
 
 
 def resize_to_grid(pixels, resize):
