@@ -200,6 +200,9 @@ def get_config(arg=None):
     c.log_every_steps = 50
     c.preview_every_steps = 2000
     c.compilation_cache_dir = ""
+    # XLA:CPU maps every compiled program into the process; at most this many mappings (0: the
+    # host's vm.max_map_count on CPU, no limit elsewhere), least recently used steps dropped.
+    c.program_map_limit = 0
 
     if arg == "debug":
         c.model.update(

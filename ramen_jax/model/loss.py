@@ -17,14 +17,15 @@ from ramen_jax.model import tokens as tok
 TARGET_EPS = 1e-6
 
 
-def normalised_target(pixels):
-    x = tok.nan_to_zero(pixels)
+def normalised_target(pixels, xp=jnp):
+    """Per-pixel standardised target over channels; ``xp=np`` computes it on the host."""
+    x = tok.nan_to_zero(pixels, xp)
     channels = x.shape[-1]
     if channels == 1:
         return x
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.sum(jnp.square(x - mean), axis=-1, keepdims=True) / (channels - 1)
-    return (x - mean) / jnp.sqrt(var + TARGET_EPS)
+    mean = xp.mean(x, axis=-1, keepdims=True)
+    var = xp.sum(xp.square(x - mean), axis=-1, keepdims=True) / (channels - 1)
+    return (x - mean) / xp.sqrt(var + TARGET_EPS)
 
 
 def pixel_weights(token_mask, grid_index, nearest, time_valid, side):

@@ -16,9 +16,9 @@ import jax.numpy as jnp
 from ramen_jax import sensors
 
 
-def nan_to_zero(x):
-    """The original sets NaN/inf inputs to 0 before the model; so do we."""
-    return jnp.where(jnp.isfinite(x), x, jnp.zeros((), x.dtype))
+def nan_to_zero(x, xp=jnp):
+    """The original sets NaN/inf inputs to 0 before the model; so do we (``xp=np`` on host)."""
+    return xp.where(xp.isfinite(x), x, xp.zeros((), x.dtype))
 
 
 def resize_2d(x, resize_rows, resize_cols):

@@ -11,8 +11,10 @@ Runs ``python -m ramen_jax.train`` twice, as a user would, with ``compilation_ca
 
 Reported (a table, then one JSON line): the distinct batch shapes the first run met (each is one
 compiled train step, the quantity bounded by the bucket set), the XLA programs each process
-built from scratch (``xla_compiles``) and those it read from the persistent cache. The restart
-should build nothing: every program it needs was compiled and cached by the first run.
+built from scratch (``xla_compiles``) and those it read from the persistent cache, and the
+executables the first run dropped and reloaded to stay under the host's memory-map limit
+(``ramen_jax.training.programs``; XLA:CPU only). The restart should build nothing: every
+program it needs was compiled and cached by the first run.
 
 Default config: the paper's mixed data (``configs/base.py``: three datasets, all their effective
 GSDs and modality subsets, 16 buckets per dataset) with a small model and one sample per batch,
@@ -134,6 +136,9 @@ def compile_check(
         "run1_xla_compiles": int(first["xla_compiles"]),
         "run1_compile_seconds": first["compile_seconds"],
         "run1_seconds": first["seconds"],
+        "run1_cache_hits": int(first["cache_hits"]),
+        "run1_programs_dropped": int(first.get("programs_dropped", 0)),
+        "run1_programs_reloaded": int(first.get("programs_reloaded", 0)),
         "restart_shapes": int(second["compiles"]),
         "restart_xla_compiles": int(second["xla_compiles"]),
         "restart_cache_hits": int(second["cache_hits"]),
@@ -159,7 +164,9 @@ def main(argv):
     print(
         f"first run : {result['steps']} steps, {result['distinct_shapes']} distinct step shapes "
         f"(budget {result['max_shapes']}), {result['run1_xla_compiles']} XLA programs built "
-        f"({result['run1_compile_seconds']:.0f} s compiling), {result['run1_seconds']:.0f} s"
+        f"({result['run1_compile_seconds']:.0f} s compiling), {result['run1_seconds']:.0f} s; "
+        f"{result['run1_programs_dropped']} executables dropped for the host's memory-map limit, "
+        f"{result['run1_programs_reloaded']} reloaded"
     )
     print(
         f"restart   : from step {result['restart_at']}, {result['restart_shapes']} shapes, "

@@ -46,7 +46,7 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
 def modality_panels(spec, pixels, recon, hidden) -> np.ndarray:
     """pixels/recon ``[H, H, C]`` (one date), hidden ``[H, H]`` in {0, 1} -> RGB uint8 strip."""
     picks = display_channels(spec)
-    target = np.asarray(normalised_target(np.asarray(pixels, np.float32)))[..., picks]
+    target = normalised_target(np.asarray(pixels, np.float32), xp=np)[..., picks]
     recon = np.asarray(recon, np.float32)[..., picks]
     target, recon = _stretch([target, recon])
     masked = np.where(hidden[..., None] > 0, 0.5, target)

@@ -26,7 +26,14 @@ from ramen_jax.data import pipeline
 from ramen_jax.model import loss as loss_lib
 from ramen_jax.model import state as state_lib
 from ramen_jax.model.mae import ModelConfig, RamenMAE
-from ramen_jax.training import checkpointing, compile_stats, previews, reporting, sharding
+from ramen_jax.training import (
+    checkpointing,
+    compile_stats,
+    previews,
+    programs,
+    reporting,
+    sharding,
+)
 from ramen_jax.training import step as step_lib
 from ramen_jax.training.optimizer import TorchAdamWState, learning_rate_schedule, torch_adamw
 
@@ -158,6 +165,7 @@ class Trainer:
         self._steps = {}
         self._previews = {}
         self.compiled_signatures: set = set()
+        self.programs = programs.cache_for(config.get("program_map_limit"))
 
     def init_state(self) -> step_lib.TrainState:
         """Fresh state, created directly with its shardings (jitted once per trainer)."""
@@ -283,7 +291,11 @@ class Trainer:
                 reporter.log(
                     step,
                     reporting.window_mean([m for _, m in window]),
-                    {"compiles": len(self.compiled_signatures), **compiles.snapshot()},
+                    {
+                        "compiles": len(self.compiled_signatures),
+                        **compiles.snapshot(),
+                        **self.programs.stats(),
+                    },
                 )
             pending.clear()
 
@@ -295,9 +307,11 @@ class Trainer:
         try:
             for step in range(start, config.total_steps):
                 host_batch = next(iterator)
-                self.compiled_signatures.add(pipeline.signature(host_batch))
+                signature = pipeline.signature(host_batch)
+                self.compiled_signatures.add(signature)
                 batch = sharding.device_batch(host_batch, self.mesh, self.rules)
-                state, metrics = self.step_fn(host_batch["dataset"])(state, batch)
+                step_fn = self.step_fn(host_batch["dataset"])
+                state, metrics = self.programs(("step", signature), step_fn, state, batch)
                 done = step + 1
                 pending.append((done, metrics))
                 reporter.count_tokens(
@@ -308,7 +322,7 @@ class Trainer:
                 if done % config.log_every_steps == 0 or done == config.total_steps:
                     flush(done)
                 if config.preview_every_steps and done % config.preview_every_steps == 0:
-                    self.write_preview(state, host_batch, batch, done)
+                    self.write_preview(state, host_batch, batch, done, signature)
                 if stop["signal"]:
                     save(done, wait=True)
                     reporter.message(f"SIGTERM: checkpoint saved at step {done}; stopping")
@@ -322,8 +336,9 @@ class Trainer:
             reporter.close()
         return state
 
-    def write_preview(self, state, host_batch, batch, step):
-        recon, hidden = self.preview_fn(host_batch["dataset"])(state, batch)
+    def write_preview(self, state, host_batch, batch, step, signature):
+        preview_fn = self.preview_fn(host_batch["dataset"])
+        recon, hidden = self.programs(("preview", signature), preview_fn, state, batch)
         if jax.process_index() == 0:
             recon = {k: np.asarray(jax.device_get(v)) for k, v in recon.items()}
             hidden = {k: np.asarray(jax.device_get(v)) for k, v in hidden.items()}
