@@ -43,7 +43,9 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype override.")
 _REMAT = flags.DEFINE_bool("remat", None, "Rematerialise blocks (override).")
 _SCAN = flags.DEFINE_bool("scan_layers", None, "Scan over transformer blocks (override).")
-_ATTENTION = flags.DEFINE_string("attention", None, "jax.nn.dot_product_attention impl.")
+_ATTENTION = flags.DEFINE_string(
+    "attention", None, "model.attention_impl: xla, cudnn, einsum or chunked (default: per backend)."
+)
 _DECODER = flags.DEFINE_bool("decoder_compare", False, "Time the original decoder head too.")
 flags.mark_flags_as_required(["config"])
 
