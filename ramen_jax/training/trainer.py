@@ -53,10 +53,11 @@ def model_config_from(config, datasets) -> ModelConfig:
 
 
 def default_attention() -> str | None:
-    """``model.attention_impl=""``: einsum attention on CPU (faster there with XLA's CPU
-    backend, measured in docs/performance.md), ``jax.nn.dot_product_attention``'s own choice
-    elsewhere."""
-    return "einsum" if jax.default_backend() == "cpu" else None
+    """``model.attention_impl=""``: chunked einsum attention on CPU (einsum is faster there
+    with XLA's CPU backend, and chunking it keeps long sequences within host memory for 1% of
+    step time; measured in docs/performance.md), ``jax.nn.dot_product_attention``'s own
+    choice elsewhere."""
+    return "chunked" if jax.default_backend() == "cpu" else None
 
 
 def trainable_mask(params, optim_config):
