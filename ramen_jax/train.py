@@ -3,8 +3,9 @@ r"""Pretrain RAMEN: ``python -m ramen_jax.train --config configs/base.py --workd
 Kept short on purpose: parse flags, start the multi-process runtime when the job has several
 processes, call ``train_and_evaluate``. Any config field can be overridden with
 ``--config.a.b=value`` (e.g. ``--config.total_steps=1000``). A run resumes automatically from
-the latest checkpoint in ``--workdir``. Exit code 143 means SIGTERM was received and a
-checkpoint was written (re-run the same command to continue).
+the latest checkpoint in ``--workdir``. Exit codes: 0 finished; 75 stopped by SIGTERM/SIGINT
+on any host, with a checkpoint written at a step all hosts agreed on (re-run the same command
+to continue); 1 a failure reported as one ``error:`` line (``ramen_jax.training.failures``).
 """
 
 import os
@@ -49,7 +50,8 @@ def initialize_distributed() -> None:
 def main(argv):
     del argv
     initialize_distributed()
-    from ramen_jax.training.trainer import Preempted, train_and_evaluate
+    from ramen_jax.training.failures import PREEMPTED_EXIT_CODE, Preempted, RunError
+    from ramen_jax.training.trainer import train_and_evaluate
 
     logging.info(
         "JAX %s: %d processes, %d devices (%d local)",
@@ -61,7 +63,10 @@ def main(argv):
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except Preempted:
-        sys.exit(143)
+        sys.exit(PREEMPTED_EXIT_CODE)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 ``grain.MapDataset.range(total_steps).map(StepBatches(...))`` yields, for each step, the batch
 of *this process*: ``{"dataset", "step", "pixels", "dates", "time_valid", "layout"}``
 (``pixels[m]``: float32 ``[B_local, T_m, H_m, H_m, C_m]``). Because a step is a pure function of
-its index, the Grain iterator state (its next index) is all a checkpoint needs to resume to the
-exact next batch; ``mp_prefetch`` runs the map in worker processes.
+its index, the step a checkpoint records is all a resumed run needs to read the exact next
+batch (``make_iterator(start_step=...)``); ``mp_prefetch`` runs the map in worker processes.
 
 Why mixing happens per batch, not per sample: the original shares one dataset, one effective
 GSD and one modality subset across the whole batch (``ramen_jax.data.plan``). Shapes come from a
@@ -230,25 +230,28 @@ def make_iterator(
     step_batches: StepBatches,
     total_steps: int,
     *,
+    start_step: int = 0,
     num_workers: int = 0,
     num_threads: int = 2,
     prefetch: int = 4,
-    state: dict | None = None,
 ):
-    """A checkpointable Grain iterator over the steps (``get_state`` / ``set_state``).
+    """An iterator over the batches of steps ``start_step .. total_steps - 1``.
 
-    ``num_threads`` batches are prepared concurrently and at most ``prefetch`` wait ready (a
-    batch can be large: Grain's defaults of 16 threads / 500 batches would hold hundreds in
-    memory in front of a slower training step); ``num_workers`` > 0 adds worker processes.
+    Resuming needs no iterator state: a batch is a pure function of its step index, so a run
+    that restarts at step ``s`` reads the dataset from ``s`` on, with any worker count
+    (Grain's multi-worker iterators have their own state format, which a run with another
+    worker count could not restore). ``num_threads`` batches are prepared concurrently and at
+    most ``prefetch`` wait ready (a batch can be large: Grain's defaults of 16 threads / 500
+    batches would hold hundreds in memory in front of a slower training step);
+    ``num_workers`` > 0 prepares them in worker processes.
     """
+    if not 0 <= start_step <= total_steps:
+        raise ValueError(f"start_step {start_step} is outside 0..{total_steps}")
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
-    ds = make_dataset(step_batches, total_steps).to_iter_dataset(options)
+    ds = make_dataset(step_batches, total_steps)[start_step:].to_iter_dataset(options)
     if num_workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-    iterator = iter(ds)
-    if state is not None:
-        iterator.set_state(state)
-    return iterator
+    return iter(ds)
 
 
 def signature(batch: dict) -> tuple:

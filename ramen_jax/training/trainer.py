@@ -35,13 +35,10 @@ from ramen_jax.training import (
     sharding,
 )
 from ramen_jax.training import step as step_lib
+from ramen_jax.training.failures import Preempted
 from ramen_jax.training.optimizer import TorchAdamWState, learning_rate_schedule, torch_adamw
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
-
-
-class Preempted(Exception):
-    """SIGTERM received: a checkpoint was written, the run stops (exit code 143)."""
 
 
 def model_config_from(config, datasets) -> ModelConfig:
@@ -272,10 +269,10 @@ class Trainer:
         iterator = pipeline.make_iterator(
             batches,
             config.total_steps,
+            start_step=start,
             num_workers=config.data.num_workers,
             num_threads=config.data.get("num_threads", 2),
             prefetch=config.data.get("prefetch", 4),
-            state={"next_index": start},
         )
         stop = {"signal": False}
         previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
