@@ -195,6 +195,10 @@ def get_config(arg=None):
         ["embed_out", None],
     ]
 
+    # Multi-process runs: every process checks that all run the same step shape and agrees on
+    # one stop step after a signal, at the first step, at each new shape and every_steps.
+    c.host_sync = ml_collections.ConfigDict({"every_steps": 10, "timeout_s": 300.0})
+
     c.checkpoint = ml_collections.ConfigDict({"every_steps": 1000, "keep": 3, "async_save": True})
     c.init_from = ""
     c.log_every_steps = 50

@@ -90,7 +90,8 @@ def synthetic_batch(batches, index: int, gsd: float, kept: tuple, rng) -> dict:
     }
     for spec in d.specs:
         t = spec.max_time_steps
-        shape = (d.global_batch // jax.process_count(), t, spec.side, spec.side, spec.num_channels)
+        rows = len(batches.shards.positions(0, d.global_batch))
+        shape = (rows, t, spec.side, spec.side, spec.num_channels)
         batch["pixels"][spec.name] = rng.standard_normal(shape, np.float32)
         batch["dates"][spec.name] = np.tile(np.arange(1, t + 1, dtype=np.int32) * 20, (shape[0], 1))
         batch["time_valid"][spec.name] = np.ones((shape[0], t), bool)
@@ -253,7 +254,12 @@ def main(argv):
     if _ATTENTION.value:
         config.model.attention_impl = _ATTENTION.value
     trainer = Trainer(config, tempfile.mkdtemp())
-    batches = pipeline.StepBatches(trainer.datasets, seed=0, mask_ratio=0.75)
+    batches = pipeline.StepBatches(
+        trainer.datasets,
+        seed=0,
+        mask_ratio=0.75,
+        shards=sharding.process_batch_shards(trainer.mesh, trainer.rules),
+    )
     cases = [parse_case(c, trainer) for c in _CASES.value] or default_cases(trainer)
     dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
     peak = measure_peak_flops(dtype)

@@ -4,9 +4,11 @@ resumes in a run with a different process count."""
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 from test_train import REPO, losses, run_train
@@ -85,3 +87,121 @@ def test_two_processes_match_one_and_resume_with_another_process_count(tmp_path)
     after = losses(pathlib.Path(resumed))
     assert sorted(after) == [4, 5]
     np.testing.assert_allclose([after[4], after[5]], [two[4], two[5]], rtol=1e-5)
+
+
+def launch(workdir, *overrides, processes=2, devices=1, env=None, per_process=None):
+    """``processes`` CPU processes of ``configs/demo.py:tiny`` with ``devices`` devices each,
+    as one jax.distributed job, each in its own process group (so a signal can reach one host
+    and its Grain workers). ``per_process[i]``: extra flags of process ``i``."""
+    port = free_port()
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags.strip(), **(env or {})}
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ramen_jax.train",
+                "--config=configs/demo.py:tiny",
+                f"--workdir={workdir}",
+                *overrides,
+                *(per_process[i] if per_process else ()),
+                f"--coordinator_address=127.0.0.1:{port}",
+                f"--num_processes={processes}",
+                f"--process_id={i}",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        for i in range(processes)
+    ]
+
+
+def finish(processes, timeout=600):
+    """(exit code, stdout, stderr) of each process."""
+    outputs = [p.communicate(timeout=timeout) for p in processes]
+    return [(p.returncode, out, err) for p, (out, err) in zip(processes, outputs, strict=True)]
+
+
+def test_tensor_axis_across_processes_builds_the_global_batch_every_process_needs(tmp_path):
+    """mesh data=1 x tensor=2 over two one-device processes: the batch is not split, so both
+    processes load all of it; losses equal one process with the same global batch."""
+    settings = (*SETTINGS, "--config.total_steps=3", "--config.checkpoint.every_steps=3")
+    settings += ("--config.data.datasets.bigearthnet.per_device_batch=2",)
+    processes = launch(
+        tmp_path / "tensor", *settings, "--config.mesh.data=1", "--config.mesh.tensor=2"
+    )
+    for code, _, err in finish(processes):
+        assert code == 0, err[-3000:]
+        assert "reads 2 of the 2 samples of each bigearthnet batch" in err
+    run_train(tmp_path / "one", "configs/demo.py:tiny", *settings, env={"JAX_PLATFORMS": "cpu"})
+    two, one = losses(tmp_path / "tensor"), losses(tmp_path / "one")
+    assert sorted(two) == sorted(one) == [1, 2, 3]
+    np.testing.assert_allclose([two[s] for s in (1, 2, 3)], [one[s] for s in (1, 2, 3)], rtol=1e-5)
+
+
+def test_hosts_with_different_step_shapes_stop_with_one_line_naming_them(tmp_path):
+    """One host was started with another batch size (so other array shapes): both stop before
+    the first step with one error line naming the processes, instead of hanging."""
+    batch = [[f"--config.data.datasets.bigearthnet.per_device_batch={b}"] for b in (1, 2)]
+    processes = launch(tmp_path / "w", *SETTINGS, per_process=batch)
+    for code, _, err in finish(processes, timeout=300):
+        assert code == 1, err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        errors = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1, err[-3000:]
+        assert "out of lockstep before step 0" in errors[0]
+        assert "processes [0]" in errors[0] and "processes [1]" in errors[0]
+
+
+def test_skewed_sigterm_stops_both_hosts_at_one_step_and_the_relaunch_matches(tmp_path):
+    """SIGTERM reaches host 0 (and its Grain worker), host 1 two seconds later, as
+    ``launch/tpu.sh stop`` and SLURM do: both agree on one step, save it once and exit 75
+    within seconds; the relaunched job ends with the losses of an uninterrupted run."""
+    settings = (
+        *SETTINGS,
+        "--config.total_steps=60",
+        "--config.checkpoint.every_steps=1000",
+        "--config.log_every_steps=1",
+        "--config.host_sync.every_steps=2",
+        "--config.data.datasets.bigearthnet.per_device_batch=1",
+    )
+    run = tmp_path / "run"
+    processes = launch(run, *settings, "--config.data.num_workers=1")
+    deadline = time.time() + 300
+    while max(losses(run), default=0) < 3:
+        assert all(p.poll() is None for p in processes) and time.time() < deadline
+        time.sleep(0.1)
+    os.killpg(processes[0].pid, signal.SIGTERM)
+    time.sleep(2)
+    os.killpg(processes[1].pid, signal.SIGTERM)
+    signalled = time.time()
+    results = finish(processes, timeout=120)
+    stopped_after = time.time() - signalled
+    for code, _, err in results:
+        assert code == 75, err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+    stop_lines = [line for _, out, _ in results for line in out.splitlines() if "saved at" in line]
+    assert len(stop_lines) == 1 and stop_lines[0].startswith("SIGTERM: checkpoint saved at step")
+    saved = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(saved) == 1 and 3 <= saved[0] < 60, saved
+    assert stopped_after < 60, stopped_after
+
+    finish(launch(run, *settings, "--config.data.num_workers=1"))
+    reference = tmp_path / "reference"
+    run_train(
+        reference,
+        "configs/demo.py:tiny",
+        *settings[:-1],
+        "--config.data.datasets.bigearthnet.per_device_batch=2",
+        env={"JAX_PLATFORMS": "cpu"},
+    )
+    resumed, expected = losses(run), losses(reference)
+    assert sorted(resumed) == sorted(expected) == list(range(1, 61))
+    np.testing.assert_allclose(
+        [resumed[s] for s in range(1, 61)], [expected[s] for s in range(1, 61)], rtol=1e-5
+    )

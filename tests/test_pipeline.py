@@ -21,8 +21,7 @@ def demo_batches(seed=0, process_index=0, process_count=1, batch=4, max_buckets=
         datasets,
         seed=seed,
         mask_ratio=0.75,
-        process_index=process_index,
-        process_count=process_count,
+        shards=plan_lib.BatchShards(process_index, process_index + 1, process_count),
     )
 
 
@@ -121,8 +120,12 @@ def test_sample_stream_reshuffles_each_epoch_and_covers_everything():
     assert all(sorted(e) == list(range(10)) for e in epochs)
     assert epochs[0] != epochs[1]
     with pytest.raises(ValueError, match="divisible"):
-        plan_lib.local_positions(0, 5, 0, 2)
-    assert list(plan_lib.local_positions(3, 8, 1, 2)) == [28, 29, 30, 31]
+        plan_lib.BatchShards(0, 1, 2).positions(0, 5)
+    assert list(plan_lib.BatchShards(1, 2, 2).positions(3, 8)) == [28, 29, 30, 31]
+    # two of four shards (a process with two devices on the batch axis)
+    assert list(plan_lib.BatchShards(2, 4, 4).positions(1, 8)) == [12, 13, 14, 15]
+    # the whole batch (the batch axis lies within the process, replicated across processes)
+    assert list(plan_lib.BatchShards(0, 1, 1).positions(2, 3)) == [6, 7, 8]
 
 
 def test_buckets_cover_every_step_within_the_budget():

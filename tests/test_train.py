@@ -72,9 +72,9 @@ def _wait_for_step(workdir, process, step, timeout=300):
 
 
 def test_sigkill_and_sigterm_then_restart_reproduce_the_losses(tmp_path):
-    """With two Grain worker processes: SIGKILL after step k, restart, SIGTERM (checkpoint,
-    exit 75), restart to the end. The losses after k equal those of an uninterrupted run
-    without workers, bitwise (same programs, data and keys on CPU)."""
+    """With two Grain worker processes: SIGKILL after step k, restart, SIGTERM to the process
+    group (checkpoint, exit 75), restart to the end. The losses after k equal those of an
+    uninterrupted run without workers, bitwise (same programs, data and keys on CPU)."""
     settings = ("--config.total_steps=30", "--config.preview_every_steps=0")
     reference = tmp_path / "reference"
     run_train(reference, "configs/demo.py:tiny", *settings, "--config.data.num_workers=0")
@@ -100,9 +100,11 @@ def test_sigkill_and_sigterm_then_restart_reproduce_the_losses(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        start_new_session=True,
     )
     _wait_for_step(run, process, killed_at + 2)
-    process.send_signal(signal.SIGTERM)
+    # to the whole process group, as SLURM and a VM shutdown do: Grain workers included
+    os.killpg(process.pid, signal.SIGTERM)
     out, _ = process.communicate(timeout=120)
     assert process.returncode == 75 and "SIGTERM: checkpoint saved at step" in out
     terminated_at = max(losses(run))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import signal
 from collections.abc import Sequence
 
 import grain
@@ -150,16 +151,14 @@ class StepBatches:
         *,
         seed: int,
         mask_ratio: float,
-        process_index: int = 0,
-        process_count: int = 1,
+        shards: plan_lib.BatchShards | None = None,
         mask_time_padding: bool = True,
     ):
         self.datasets = list(datasets)
         self.mask_time_padding = mask_time_padding
         self.seed = seed
         self.mask_ratio = mask_ratio
-        self.process_index = process_index
-        self.process_count = process_count
+        self.shards = shards or plan_lib.BatchShards()  # default: one process, whole batch
         self.plan = plan_lib.StepPlan(
             [plan_lib.DatasetDraws(d.gsds, len(d.specs), d.weight) for d in self.datasets], seed
         )
@@ -194,9 +193,7 @@ class StepBatches:
         draw = self.plan(int(step))
         d = self.datasets[draw.dataset]
         stream = self.stream(draw.dataset)
-        positions = plan_lib.local_positions(
-            draw.draw, d.global_batch, self.process_index, self.process_count
-        )
+        positions = self.shards.positions(draw.draw, d.global_batch)
         prepared = []
         for position in positions:
             index = stream[position]
@@ -250,8 +247,24 @@ def make_iterator(
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     ds = make_dataset(step_batches, total_steps)[start_step:].to_iter_dataset(options)
     if num_workers > 0:
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        ds = ds.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=num_workers),
+            worker_init_fn=ignore_stop_signals,
+        )
     return iter(ds)
+
+
+def ignore_stop_signals(worker_index: int, worker_count: int) -> None:
+    """Runs in each Grain worker: SIGTERM and SIGINT are for the trainer only.
+
+    Schedulers signal every process of a job (SLURM the whole step, a VM shutdown every
+    process, Ctrl-C the terminal's process group). A worker that died of it would take the
+    input pipeline down before the trainer could agree on a stop step and save; the trainer
+    closes its workers itself when it stops.
+    """
+    del worker_index, worker_count
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def signature(batch: dict) -> tuple:

@@ -9,9 +9,9 @@ uninterrupted one would.
 
 Samples: each dataset is read as an endless stream, reshuffled every epoch
 (``permutation(seed, dataset, epoch)``). The ``k``-th step that draws dataset ``d`` takes stream
-positions ``[k * B, (k + 1) * B)`` of the global batch ``B``; process ``p`` of ``P`` reads its
-``B / P`` slice. ``k`` is the number of earlier steps that drew ``d`` (computed in blocks and
-cached, so random access to any step is cheap).
+positions ``[k * B, (k + 1) * B)`` of the global batch ``B``, where ``k`` is the number of
+earlier steps that drew ``d`` (computed in blocks and cached, so random access to any step is
+cheap). A process reads the rows its devices hold (``BatchShards``).
 """
 
 from __future__ import annotations
@@ -120,12 +120,31 @@ class SampleStream:
         return int(self._permutation(epoch)[offset])
 
 
-def local_positions(draw: int, global_batch: int, process_index: int, process_count: int) -> range:
-    """Stream positions this process reads for the ``draw``-th batch of a dataset."""
-    if global_batch % process_count:
-        raise ValueError(
-            f"global batch {global_batch} is not divisible by {process_count} processes"
-        )
-    local = global_batch // process_count
-    start = draw * global_batch + process_index * local
-    return range(start, start + local)
+@dataclasses.dataclass(frozen=True)
+class BatchShards:
+    """Which rows of every global batch this process loads: shards ``[first, stop)`` of the
+    ``count`` equal shards the batch is split into over the mesh's batch axes.
+
+    A process loads exactly the rows its devices hold: with the batch split over all devices
+    that is its own slice; with a mesh axis across processes that does not split the batch
+    (e.g. ``tensor`` spanning hosts) several processes load the same rows, as a replicated
+    array requires.
+    """
+
+    first: int = 0
+    stop: int = 1
+    count: int = 1
+
+    def __post_init__(self):
+        if not 0 <= self.first < self.stop <= self.count:
+            raise ValueError(f"batch shards [{self.first}, {self.stop}) of {self.count}")
+
+    def positions(self, draw: int, global_batch: int) -> range:
+        """Stream positions this process reads for the ``draw``-th batch of a dataset."""
+        if global_batch % self.count:
+            raise ValueError(
+                f"global batch {global_batch} is not divisible by {self.count} batch shards"
+            )
+        per_shard = global_batch // self.count
+        start = draw * global_batch + self.first * per_shard
+        return range(start, start + (self.stop - self.first) * per_shard)

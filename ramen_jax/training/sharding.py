@@ -19,6 +19,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from ramen_jax.data.plan import BatchShards
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
@@ -119,15 +121,45 @@ def replicated(mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def process_batch_shards(mesh, rules) -> BatchShards:
+    """The batch shards whose rows this process's devices hold (``BatchShards``).
+
+    Read off the batch sharding itself, so it is right for every mesh the config can express:
+    the batch split over devices of several processes, or replicated across processes along an
+    axis that does not split it. A process whose devices hold rows that are not contiguous in
+    the batch (a device order no ``jax.make_mesh`` produces) is refused.
+    """
+    count = batch_shards(mesh, rules)
+    indices = batch_sharding(mesh, rules).addressable_devices_indices_map((count,))
+    held = sorted({i for index in indices.values() for i in range(count)[index[0]]})
+    if held != list(range(held[0], held[-1] + 1)):
+        raise ValueError(
+            f"process {jax.process_index()} holds batch shards {held} of {count} on mesh "
+            f"{dict(mesh.shape)}: not one contiguous block; order the devices by process"
+        )
+    return BatchShards(held[0], held[-1] + 1, count)
+
+
 def device_batch(batch: dict, mesh, rules):
-    """Host batch (this process's rows) -> global jax arrays: batch arrays split over the batch
-    axes, the layout (identical on every process) replicated."""
+    """Host batch (the rows of this process's ``process_batch_shards``) -> global jax arrays:
+    batch arrays split over the batch axes, the layout (identical on every process)
+    replicated."""
     split = batch_sharding(mesh, rules)
     rep = replicated(mesh)
+    shards = process_batch_shards(mesh, rules)
+    rows = next(iter(batch["pixels"].values())).shape[0]
+    global_rows = rows * shards.count // (shards.stop - shards.first)
 
-    def put(sharding):
-        return lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x))
+    def put(sharding, batch_major):
+        def one(x):
+            x = np.asarray(x)
+            shape = (global_rows, *x.shape[1:]) if batch_major else x.shape
+            return jax.make_array_from_process_local_data(sharding, x, shape)
 
-    arrays = {k: jax.tree.map(put(split), batch[k]) for k in ("pixels", "dates", "time_valid")}
-    arrays["layout"] = jax.tree.map(put(rep), batch["layout"])
+        return one
+
+    arrays = {
+        k: jax.tree.map(put(split, True), batch[k]) for k in ("pixels", "dates", "time_valid")
+    }
+    arrays["layout"] = jax.tree.map(put(rep, False), batch["layout"])
     return arrays

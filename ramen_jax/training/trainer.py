@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import os
 import re
-import signal
 
 import jax
 import jax.numpy as jnp
@@ -29,13 +28,14 @@ from ramen_jax.model.mae import ModelConfig, RamenMAE
 from ramen_jax.training import (
     checkpointing,
     compile_stats,
+    host_sync,
     previews,
     programs,
     reporting,
     sharding,
 )
 from ramen_jax.training import step as step_lib
-from ramen_jax.training.failures import Preempted
+from ramen_jax.training.failures import PREEMPTED_EXIT_CODE, Preempted
 from ramen_jax.training.optimizer import TorchAdamWState, learning_rate_schedule, torch_adamw
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
@@ -117,6 +117,15 @@ def load_init_from(directory: str, state: step_lib.TrainState, reporter) -> step
         f"initialised: {len(fresh)}; ignored (not in this model): {len(ignored)}"
     )
     return state._replace(params=params, batch_stats=stats)
+
+
+def describe_step(host_batch) -> str:
+    """What a step runs, for messages that compare hosts."""
+    layout = host_batch["layout"]
+    rows = next(iter(host_batch["pixels"].values())).shape[0]
+    return (
+        f"{host_batch['dataset']} ({layout['token_valid'].shape[0]} token slots, {rows} local rows)"
+    )
 
 
 class Trainer:
@@ -247,12 +256,14 @@ class Trainer:
             if config.init_from:
                 state = load_init_from(config.init_from, state, reporter)
         start = int(jax.device_get(state.step))
+        shards = sharding.process_batch_shards(self.mesh, self.rules)
+        global_batch = {d.name: d.global_batch for d in self.datasets}
         for d in self.datasets:
             logging.info(
                 "process %d/%d reads %d of the %d samples of each %s batch",
                 jax.process_index(),
                 jax.process_count(),
-                d.global_batch // jax.process_count(),
+                len(shards.positions(0, d.global_batch)),
                 d.global_batch,
                 d.name,
             )
@@ -262,8 +273,7 @@ class Trainer:
             self.datasets,
             seed=config.seed,
             mask_ratio=self.model_config.mask_ratio,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
+            shards=shards,
             mask_time_padding=config.data.get("time_padding", "mask") == "mask",
         )
         iterator = pipeline.make_iterator(
@@ -274,8 +284,13 @@ class Trainer:
             num_threads=config.data.get("num_threads", 2),
             prefetch=config.data.get("prefetch", 4),
         )
-        stop = {"signal": False}
-        previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
+        sync = host_sync.HostSync(
+            every_steps=config.host_sync.every_steps,
+            timeout_s=config.host_sync.timeout_s,
+            start_step=start,
+        )
+        signals = host_sync.StopSignals().__enter__()
+        saved_step = start if latest is not None else None
         pending: list = []
         compiles = compile_stats.counter()
 
@@ -298,6 +313,10 @@ class Trainer:
             pending.clear()
 
         def save(step, wait=False):
+            nonlocal saved_step
+            if step == saved_step:
+                return
+            saved_step = step
             flush(step)
             meta = checkpointing.run_meta(step, config.seed, self.model_config, config)
             ckpt.save(step, state, meta, wait=wait)
@@ -306,6 +325,20 @@ class Trainer:
             for step in range(start, config.total_steps):
                 host_batch = next(iterator)
                 signature = pipeline.signature(host_batch)
+                new_shape = signature not in self.compiled_signatures
+                if sync.due(step, new_shape) and sync.exchange(
+                    step,
+                    host_sync.signature_digest(signature),
+                    describe_step(host_batch),
+                    stop_requested=signals.received is not None,
+                ):
+                    save(step, wait=True)
+                    reporter.message(
+                        f"{signals.received or 'stop signal on another host'}: checkpoint saved "
+                        f"at step {step}; stopping (exit code {PREEMPTED_EXIT_CODE}: relaunch "
+                        "the same command to resume)"
+                    )
+                    raise Preempted(step)
                 self.compiled_signatures.add(signature)
                 batch = sharding.device_batch(host_batch, self.mesh, self.rules)
                 step_fn = self.step_fn(host_batch["dataset"])
@@ -314,22 +347,19 @@ class Trainer:
                 pending.append((done, metrics))
                 reporter.count_tokens(
                     int(host_batch["layout"]["token_valid"].sum())
-                    * next(iter(host_batch["pixels"].values())).shape[0]
-                    * jax.process_count()
+                    * global_batch[host_batch["dataset"]]
                 )
                 if done % config.log_every_steps == 0 or done == config.total_steps:
                     flush(done)
                 if config.preview_every_steps and done % config.preview_every_steps == 0:
                     self.write_preview(state, host_batch, batch, done, signature)
-                if stop["signal"]:
-                    save(done, wait=True)
-                    reporter.message(f"SIGTERM: checkpoint saved at step {done}; stopping")
-                    raise Preempted(done)
                 if ckpt.should_save(done) or done == config.total_steps:
                     save(done)
             flush(config.total_steps)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            signals.__exit__()
+            if hasattr(iterator, "close"):  # stops Grain's worker processes now
+                iterator.close()
             ckpt.close()
             reporter.close()
         return state
