@@ -16,9 +16,11 @@ listed them all). It also means each task must see all of its node's GPUs, so th
 
 Preemption and time limits: the job is --requeue'able, so SLURM puts it back in the queue when it
 is preempted or a node fails; shortly before the time limit SLURM sends USR1 to the batch script
-(--signal), which requeues the job itself. A requeued job keeps its id and its log (appended) and
-training resumes from the last checkpoint in the workdir, which must be on storage that every node
-sees (a shared file system, or gs://).
+(--signal), which requeues the job itself; so does a training run that exits with code 75 (a
+stop signal reached a task; all tasks saved a checkpoint at one agreed step). A requeued job
+keeps its id and its log (appended) and training resumes from the last checkpoint in the
+workdir, which must be on storage that every node sees (a shared file system, or gs://).
+To stop for good, `scancel JOBID` (a cancelled job is not requeued).
 --dry-run prints the script and the sbatch command and writes nothing. Standard library only.
 """
 
@@ -41,20 +43,28 @@ OVERRIDE_RE = re.compile(r"^--config\.[A-Za-z_][\w.]*=")
 REQUEUE_ON_USR1 = """\
 # Near the time limit SLURM sends USR1 to this script (--signal above): requeue the job. It keeps
 # its id and this log, and training resumes from the last checkpoint in the workdir.
+requeued=""
 requeue() {
-  echo "$(date -u +%FT%TZ) time limit near: requeueing job ${SLURM_JOB_ID}"
+  echo "$(date -u +%FT%TZ) $1: requeueing job ${SLURM_JOB_ID}"
+  requeued=1
   scontrol requeue "${SLURM_JOB_ID}" || echo "requeue refused: submit this script again" >&2
 }
-trap requeue USR1
+trap 'requeue "time limit near"' USR1
 """
 
+# Exit code 75 from ramen_jax.train: a stop signal reached a task, every task saved a
+# checkpoint at the same step and stopped. That is a preemption: requeue, unless done already.
 WAIT_FOR_SRUN = """\
 srun_pid=$!
 # `wait` returns early when the USR1 trap runs; wait again until srun itself has ended.
 while true; do
   status=0
   wait "${srun_pid}" || status=$?
-  kill -0 "${srun_pid}" 2>/dev/null || exit "${status}"
+  kill -0 "${srun_pid}" 2>/dev/null && continue
+  if [ "${status}" -eq 75 ] && [ -z "${requeued}" ]; then
+    requeue "training stopped by a signal with a checkpoint (exit 75)"
+  fi
+  exit "${status}"
 done
 """
 

@@ -255,6 +255,8 @@ def follow_log(shell: Shell, tpu: Slice, worker: str) -> None:
 
 
 def stop_training(shell: Shell, tpu: Slice) -> None:
+    """SIGTERM to the training on every worker, then wait (up to 120 s) until it has exited.
+    The hosts agree on one step, save a checkpoint there and exit 75 within seconds."""
     shell.run(
         tpu.ssh(
             f'if [ -f {TRAIN_PID} ] && kill "$(cat {TRAIN_PID})" 2>/dev/null; then '
@@ -262,6 +264,24 @@ def stop_training(shell: Shell, tpu: Slice) -> None:
             "done; fi"
         )
     )
+
+
+def stop(shell: Shell, tpu: Slice, args: argparse.Namespace) -> None:
+    """`stop`: stop the training with a checkpoint, then delete the slice (billing stops)
+    unless --keep. A slice is deleted even if a worker did not confirm its exit: the newest
+    intact checkpoint is what a later `run` or `train` resumes from."""
+    stop_training(shell, tpu)
+    statuses = training_statuses(shell, tpu)
+    saved = bool(statuses) and all(s in {"exit=0", "exit=75"} for s in statuses)
+    shell.note(
+        "training stopped with a checkpoint on every worker"
+        if saved
+        else f"training did not confirm a checkpoint ({', '.join(statuses or ['no answer'])})"
+    )
+    if args.keep:
+        shell.note(f"--keep: slice {tpu.name} stays up and billed; `delete` it when done")
+        return
+    delete(shell, tpu)
 
 
 def training_statuses(shell: Shell, tpu: Slice) -> list[str] | None:
@@ -276,11 +296,17 @@ def training_statuses(shell: Shell, tpu: Slice) -> list[str] | None:
     return statuses if returncode == 0 and statuses else None
 
 
+# ramen_jax.train exits 75 when a stop signal reached a host and every host saved a checkpoint at
+# one agreed step; 143 is a SIGTERM that came before its handler was installed (at start-up).
+# Both mean "preempted, relaunch me". Any other non-zero code is a failure.
+PREEMPTED_STATUSES = {"exit=75", "exit=143"}
+
+
 def outcome(statuses: list[str]) -> str:
-    if any(s.startswith("exit=") and s != "exit=0" for s in statuses):
+    if any(s.startswith("exit=") and s not in {"exit=0", *PREEMPTED_STATUSES} for s in statuses):
         return "failed"
-    if "missing" in statuses:
-        return "missing"
+    if "missing" in statuses or any(s in PREEMPTED_STATUSES for s in statuses):
+        return "relaunch"
     return "finished" if all(s == "exit=0" for s in statuses) else "running"
 
 
@@ -323,11 +349,14 @@ def run(shell: Shell, tpu: Slice, args: argparse.Namespace) -> None:
                     f"training exited with an error ({', '.join(statuses)}); the slice is "
                     "left up for inspection: `logs`, then `delete`"
                 )
-            if result == "missing":
+            if result == "relaunch":
                 launches += 1
                 if launches > args.max_requeues + 1:
                     raise LaunchError(f"gave up after {args.max_requeues} re-queues")
-                shell.note(f"launch {launches}: training is not running on every worker yet")
+                shell.note(
+                    f"launch {launches}: training is not running on every worker "
+                    f"({', '.join(statuses) if statuses else 'no answer'})"
+                )
                 try:
                     launch(shell, tpu, args)
                 except LaunchError:
@@ -387,7 +416,7 @@ ACTIONS = {
     "train": train_and_follow,
     "logs": lambda shell, tpu, args: follow_log(shell, tpu, args.worker),
     "status": lambda shell, tpu, args: status(shell, tpu),
-    "stop": lambda shell, tpu, args: stop_training(shell, tpu),
+    "stop": stop,
     "delete": lambda shell, tpu, args: delete(shell, tpu),
     "run": run,
 }
@@ -404,6 +433,7 @@ SIMULATIONS = {
     },
     "create": {"state": [_ACTIVE]},
     "status": {"state": [_ACTIVE], "probe": [_PROBE["running"]]},
+    "stop": {"probe": [(0, "ramen-status exit=75\n" * 2, "")]},
 }
 
 
@@ -458,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     logs = action("logs", "stream a worker's training log")
     logs.add_argument("--worker", default="0", help="worker index, or `all` (default 0)")
     action("status", "queued-resource state and training status per worker")
-    action("stop", "stop training on every worker (the slice stays up)")
+    halt = action("stop", "stop training with a checkpoint on every worker, then delete the slice")
+    halt.add_argument("--keep", action="store_true", help="keep the slice up (still billed)")
     action("delete", "delete the queued resource and its slice")
     loop = action(
         "run",

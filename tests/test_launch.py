@@ -230,7 +230,8 @@ def test_worker_commands_run_detach_report_and_stop_training(fakes, tmp_path):
     describe, probe_command = dry_run(fakes, "status", *SLICE)
     assert kind(describe) == "describe" and "--worker=all" in probe_command
     probe = remote(probe_command)
-    (stop,) = dry_run(fakes, "stop", *SLICE)
+    stop, stop_probe, delete = dry_run(fakes, "stop", *SLICE)
+    assert kind(stop_probe) == "probe" and delete == queued_resource("delete", "--force", "--quiet")
     worker = sandbox_home(tmp_path)
     home = Path(worker["HOME"])
     (home / "ramen_jax").mkdir()
@@ -336,6 +337,34 @@ def test_run_requeues_when_a_clean_exit_was_a_preemption(fakes, tmp_path):
     )
 
 
+def test_run_relaunches_training_stopped_with_a_checkpoint(fakes, tmp_path):
+    """Exit 75 (a stop signal on the slice, checkpoint saved by every host) is a preemption:
+    `run` relaunches on the same slice instead of stopping as for a failure."""
+    active = [0, "ACTIVE\n", ""]
+    stopped = [0, "ramen-status exit=75\nramen-status exit=75\n", ""]
+    done = [0, "ramen-status exit=0\nramen-status exit=0\n", ""]
+    script = {"state": [active] * 4, "probe": [stopped, done, done]}
+    (tmp_path / "script.json").write_text(json.dumps(script))
+    env = dict(fakes, FAKE_SCRIPT=str(tmp_path / "script.json"))
+    result = launch(TPU, "run", *RUN_ARGS, "--poll-seconds", "0", env=env)
+    assert "training is not running on every worker (exit=75, exit=75)" in result.stderr
+    assert [kind(c) for c in calls(env)] == (
+        ["describe", "probe", "stop", "git", "scp", "unpack", "install", "train"]
+        + ["describe", "probe", "describe", "probe", "delete"]
+    )
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_stop_saves_and_deletes_the_slice_unless_kept(fakes, tmp_path, keep):
+    script = {"probe": [[0, "ramen-status exit=75\nramen-status exit=75\n", ""]]}
+    (tmp_path / "script.json").write_text(json.dumps(script))
+    env = dict(fakes, FAKE_SCRIPT=str(tmp_path / "script.json"))
+    result = launch(TPU, "stop", *SLICE, *(["--keep"] if keep else []), env=env)
+    assert "training stopped with a checkpoint on every worker" in result.stderr
+    kinds = [kind(c) for c in calls(env)]
+    assert kinds == (["stop", "probe"] if keep else ["stop", "probe", "delete"])
+
+
 def test_run_requeues_a_slice_lost_during_the_launch(fakes, tmp_path):
     active, suspended = [0, "ACTIVE\n", ""], [0, "SUSPENDED\n", ""]
     script = {
@@ -430,7 +459,8 @@ def test_slurm_script_runs_one_task_per_gpu_and_requeues(fakes, tmp_path):
         f"--workdir {tmp_path}/shared/run --config.seed=3 &\n"
     )
     assert srun in script
-    assert "trap requeue USR1" in script and 'scontrol requeue "${SLURM_JOB_ID}"' in script
+    assert "trap 'requeue \"time limit near\"' USR1" in script
+    assert 'scontrol requeue "${SLURM_JOB_ID}"' in script
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)
 
 
@@ -483,6 +513,28 @@ def test_slurm_script_requeues_itself_on_usr1_and_keeps_srun_exit_code(fakes, tm
     assert (tmp_path / "scontrol_calls").read_text() == "requeue 4242\n"
     assert "ramen_jax.train --config configs/base.py" in (tmp_path / "srun_args").read_text()
     assert "time limit near: requeueing job 4242" in job.stdout.read()
+
+
+@pytest.mark.parametrize("exit_code, requeues", [(75, True), (1, False), (0, False)])
+def test_slurm_script_requeues_a_run_stopped_with_a_checkpoint(
+    fakes, tmp_path, exit_code, requeues
+):
+    """ramen_jax.train exits 75 when a stop signal reached a task and every task saved: the
+    script requeues the job (once); other exit codes are passed on without a requeue."""
+    for name, text in [("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)]:
+        (tmp_path / "bin" / name).write_text(text)
+        (tmp_path / "bin" / name).chmod(0o755)
+    env = dict(fakes, SANDBOX=str(tmp_path), SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="gpu01")
+    script, _ = slurm_dry_run(env, tmp_path, "--repo", str(tmp_path))
+    (tmp_path / "release").write_text(str(exit_code))
+    job = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
+    assert job.returncode == exit_code
+    calls_made = tmp_path / "scontrol_calls"
+    if requeues:
+        assert calls_made.read_text() == "requeue 4242\n"
+        assert "stopped by a signal with a checkpoint (exit 75): requeueing job 4242" in job.stdout
+    else:
+        assert not calls_made.exists()
 
 
 def test_slurm_writes_the_script_and_submits_it(fakes, tmp_path):
