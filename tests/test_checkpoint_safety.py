@@ -1,8 +1,8 @@
-"""Checkpoints that cannot poison a run.
+"""Checkpoints that cannot poison a run, and no compile stalls after step 1.
 
 In process: array digests, settings checks, the non-finite guard, damaged checkpoints and the
 fallback to the newest intact step, run identities, the workdir lock (local disk and an
-emulated gs:// bucket), a full disk (a small tmpfs).
+emulated gs:// bucket), a full disk (a small tmpfs), the step shapes ``precompile`` compiles.
 End to end (``python -m ramen_jax.train`` on ``configs/demo.py:tiny``): each failure is one
 ``error:`` / ``warning:`` line on stderr with no traceback.
 """
@@ -20,13 +20,14 @@ import time
 import jax
 import numpy as np
 import pytest
-from test_train import REPO, losses, train_command
+from test_train import REPO, losses, metrics, train_command
 
 from configs import demo
 from ramen_jax.data import pipeline
 from ramen_jax.training import (
     array_digests,
     checkpointing,
+    precompile,
     run_identity,
     workdir_lock,
 )
@@ -340,7 +341,8 @@ def test_identity_fields_and_the_fields_that_may_change():
         "data__max_buckets_per_dataset": 1,
         "model__attention_impl": "einsum",
         "model__remat": True,
-        "compilation_cache_dir": "/elsewhere",
+        "compilation_cache_dir": "off",
+        "precompile": True,
     }
     assert changed(**may_change) == []
 
@@ -406,23 +408,67 @@ def test_the_lock_works_on_a_gs_bucket(monkeypatch):
         server.stop()
 
 
+# -- compile ahead ---------------------------------------------------------------------------
+
+
+def test_step_shapes_cover_every_signature_the_run_meets():
+    config = demo.get_config("tiny")
+    config.data.max_buckets_per_dataset = 3
+    datasets = pipeline.build_datasets(config.data, batch_shards=1)
+    batches = pipeline.StepBatches(datasets, seed=0, mask_ratio=0.75)
+    shapes = precompile.step_shapes(batches)
+    assert len(shapes) == len(datasets[0].buckets) == 3
+    ahead = {pipeline.signature(s) for s in shapes}
+    met = {pipeline.signature(batches(step)) for step in range(40)}
+    assert met <= ahead and len(met) >= 2
+
+
+def test_the_compilation_cache_defaults_to_the_workdir(tmp_path):
+    saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_enable_compilation_cache)
+    min_time = jax.config.jax_persistent_cache_min_compile_time_secs
+    try:
+        assert precompile.configure_compilation_cache("", str(tmp_path)) == saved[0]  # JAX's own
+        jax.config.update("jax_compilation_cache_dir", None)
+        workdir_cache = precompile.configure_compilation_cache("", "gs://b/run/")
+        assert workdir_cache == "gs://b/run/compilation_cache"
+        assert precompile.configure_compilation_cache(str(tmp_path), "gs://b/run") == str(tmp_path)
+        assert precompile.configure_compilation_cache("off", "gs://b/run") is None
+        assert not jax.config.jax_enable_compilation_cache
+    finally:
+        jax.config.update("jax_compilation_cache_dir", saved[0])
+        jax.config.update("jax_enable_compilation_cache", saved[1])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_time)
+
+
 # -- end to end ------------------------------------------------------------------------------
 
 
 def test_a_diverging_run_stops_before_saving_a_non_finite_state(tmp_path):
     """A learning rate that overflows the weight decay turns the parameters to inf in the first
-    update, while that step's loss, computed before the update, is finite."""
-    result = launch(
-        tmp_path,
-        "--config.optim.lr=3e38",
-        "--config.optim.warmup_epochs=0",
-        "--config.optim.weight_decay=10",
-        "--config.checkpoint.every_steps=1",
+    update, while that step's loss, computed before the update, is finite. The run also uses
+    the default compilation cache (no JAX cache configured): WORKDIR/compilation_cache."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    result = subprocess.run(
+        train_command(
+            tmp_path,
+            TINY,
+            "--config.preview_every_steps=0",
+            "--config.optim.lr=3e38",
+            "--config.optim.warmup_epochs=0",
+            "--config.optim.weight_decay=10",
+            "--config.checkpoint.every_steps=1",
+        ),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     line = one_line_outcome(result, 1)
     assert "the state after step 1 has non-finite values in params/" in line
     assert "it was not saved (no checkpoint was saved before)" in line
     assert not any((tmp_path / "checkpoints").iterdir())
+    assert any((tmp_path / "compilation_cache").iterdir())
     assert not (tmp_path / "run.lock").exists()
 
 
@@ -439,13 +485,14 @@ def test_a_full_disk_stops_the_run_at_the_failing_save(tmp_path, tmpfs):
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """4 steps with previews every 3 steps and checkpoints at 2 and 4."""
-    workdir = tmp_path_factory.mktemp("finished")
+def precompiled_run(tmp_path_factory):
+    """4 steps with previews every 3 steps and checkpoints at 2 and 4, every shape precompiled."""
+    workdir = tmp_path_factory.mktemp("precompiled")
     result = subprocess.run(
         train_command(
             workdir,
             TINY,
+            "--config.precompile=true",
             "--config.total_steps=4",
             "--config.checkpoint.every_steps=2",
         ),
@@ -458,9 +505,22 @@ def finished_run(tmp_path_factory):
     return workdir, result
 
 
-def test_resuming_with_other_settings_is_refused(finished_run, tmp_path):
+def test_precompile_leaves_nothing_to_compile_after_step_one(precompiled_run):
+    workdir, result = precompiled_run
+    assert "precompiled 2 step shapes {'bigearthnet': 2} with their previews" in result.stdout
+    logged = metrics(workdir)
+    assert [m["step"] for m in logged] == [1, 2, 3, 4]
+    built = [(m["xla_compiles"], m["cache_hits"]) for m in logged]
+    assert built[0][0] + built[0][1] > 0 and len(set(built)) == 1, built
+    assert all(m["compiles"] == 2 for m in logged)
+    assert list((workdir / "previews").glob("step_0000003_*.png"))
+    record = json.loads((workdir / "run_config.json").read_text())
+    assert record["identity"]["model.num_heads"] == 2 and record["config"]["precompile"]
+
+
+def test_resuming_with_other_settings_is_refused(precompiled_run, tmp_path):
     workdir = tmp_path / "run"
-    shutil.copytree(finished_run[0], workdir)
+    shutil.copytree(precompiled_run[0], workdir)
     for override, named in [
         ("--config.model.num_heads=4", "model.num_heads 2 -> 4"),
         ("--config.model.embed_dim=64", "model.embed_dim 32 -> 64"),
@@ -472,9 +532,9 @@ def test_resuming_with_other_settings_is_refused(finished_run, tmp_path):
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
 
 
-def test_a_damaged_checkpoint_is_skipped_then_none_intact_stops(finished_run, tmp_path):
+def test_a_damaged_checkpoint_is_skipped_then_none_intact_stops(precompiled_run, tmp_path):
     workdir = tmp_path / "run"
-    shutil.copytree(finished_run[0], workdir)
+    shutil.copytree(precompiled_run[0], workdir)
     (workdir / "metrics.jsonl").unlink()
     checkpoints = workdir / "checkpoints"
     flipped_bytes(checkpoints / "4")
@@ -482,7 +542,7 @@ def test_a_damaged_checkpoint_is_skipped_then_none_intact_stops(finished_run, tm
     assert f"checkpoint step 4 in {checkpoints} is damaged" in line
     assert "moved to 4.damaged, resuming from step 2" in line
     assert sorted(losses(workdir)) == [3, 4]
-    assert losses(workdir)[4] == losses(finished_run[0])[4]  # the same step 4 again
+    assert losses(workdir)[4] == losses(precompiled_run[0])[4]  # the same step 4 again
     assert sorted(p.name for p in checkpoints.iterdir()) == ["2", "4", "4.damaged"]
 
     flipped_bytes(checkpoints / "4")

@@ -94,7 +94,7 @@ def _signature(tree) -> tuple:
 
 class StateCheck:
     """``check(tree) -> (names of non-finite arrays, {name: digest})``, compiled once per tree
-    layout."""
+    layout; ``prepare(abstract_tree)`` compiles ahead of the first call (``precompile``)."""
 
     def __init__(self):
         self._compiled = {}
@@ -106,6 +106,9 @@ class StateCheck:
             jitted = jax.jit(_check, out_shardings=(replicated, replicated) if replicated else None)
             self._compiled[key] = jitted.lower(tree).compile()
         return self._compiled[key]
+
+    def prepare(self, abstract_tree) -> None:
+        self._executable(abstract_tree)
 
     def check(self, tree) -> tuple[list[str], dict[str, int]]:
         if not jax.tree.leaves(tree):

@@ -229,6 +229,10 @@ class Checkpointer:
             f"({self._newest()})"
         )
 
+    def prepare(self, abstract_state_tree: dict) -> None:
+        """Compiles the finite/digest program ahead of the first save (``precompile``)."""
+        self.state_check.prepare(abstract_state_tree)
+
     def save(self, step: int, state: TrainState, meta: dict, *, wait: bool = False) -> None:
         self._settle()
         tree = state_to_tree(state)

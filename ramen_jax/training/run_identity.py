@@ -15,7 +15,7 @@ Everything else may change on resume: ``total_steps``, ``steps_per_epoch`` and t
 ``optim.*`` settings, ``contrastive.*``, ``checkpoint.*``, logging and preview cadence, mesh,
 sharding rules and device or process count, ``data.num_workers`` / ``num_threads`` /
 ``prefetch`` / ``max_buckets_per_dataset``, a dataset's ``source.path`` (data moved to another
-disk or bucket), ``compilation_cache_dir``, ``program_map_limit``,
+disk or bucket), ``compilation_cache_dir``, ``precompile``, ``program_map_limit``,
 ``init_from`` (only read by a fresh run).
 
 ``write_record`` keeps the latest launch's config, readable, in ``WORKDIR/run_config.json``.

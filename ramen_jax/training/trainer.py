@@ -29,6 +29,7 @@ from ramen_jax.model.mae import ModelConfig, RamenMAE
 from ramen_jax.training import (
     checkpointing,
     compile_stats,
+    precompile,
     previews,
     process_agreement,
     programs,
@@ -261,6 +262,10 @@ class Trainer:
                 state = load_init_from(config.init_from, state, reporter)
         if jax.process_index() == 0:
             run_identity.write_record(workdir, config_json, identity)
+        if config.get("precompile"):
+            reporter.message(
+                precompile.compile_all(self, ckpt, previews=bool(config.preview_every_steps))
+            )
         start = int(jax.device_get(state.step))
         for d in self.datasets:
             logging.info(
@@ -390,9 +395,7 @@ def train_and_evaluate(config, workdir: str) -> step_lib.TrainState:
     checkpointing.validate_settings(config.checkpoint)  # before any work
     if "://" not in workdir:
         os.makedirs(workdir, exist_ok=True)
-    if config.get("compilation_cache_dir"):
-        jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    precompile.configure_compilation_cache(config.get("compilation_cache_dir", ""), workdir)
     compile_stats.counter()  # count every program from here on, initialisation included
     lock = workdir_lock.WorkdirLock(workdir)
     process_agreement.decided_on_process_zero(lock.acquire, (workdir_lock.WorkdirLocked,))
