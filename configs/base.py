@@ -203,7 +203,10 @@ def get_config(arg=None):
     c.init_from = ""
     c.log_every_steps = 50
     c.preview_every_steps = 2000
+    # Persistent XLA cache: "" = JAX's configured one, else WORKDIR/compilation_cache; a path
+    # (local or gs://); "off".
     c.compilation_cache_dir = ""
+    c.precompile = False  # compile every step shape (dataset x token bucket) before step 1
     # XLA:CPU maps every compiled program into the process; at most this many mappings (0: the
     # host's vm.max_map_count on CPU, no limit elsewhere), least recently used steps dropped.
     c.program_map_limit = 0

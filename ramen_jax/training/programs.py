@@ -79,6 +79,12 @@ class ProgramCache:
         self.resident.move_to_end(key)
         return executable(*args)
 
+    def prepare(self, key: Hashable, jitted, *args) -> None:
+        """Compiles ``key``'s program before its first call; ``args`` may be abstract
+        (``jax.ShapeDtypeStruct`` with the shardings the real arguments will have)."""
+        if key not in self.resident and key not in self.lowered:
+            self._load(key, jitted, args)
+
     def _load(self, key, jitted, args):
         lowered = self.lowered.get(key)
         if lowered is None:

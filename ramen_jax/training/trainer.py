@@ -29,13 +29,17 @@ from ramen_jax.training import (
     checkpointing,
     compile_stats,
     host_sync,
+    precompile,
     previews,
+    process_agreement,
     programs,
     reporting,
+    run_identity,
     sharding,
+    workdir_lock,
 )
 from ramen_jax.training import step as step_lib
-from ramen_jax.training.failures import PREEMPTED_EXIT_CODE, Preempted
+from ramen_jax.training.failures import PREEMPTED_EXIT_CODE, Preempted, RunError
 from ramen_jax.training.optimizer import TorchAdamWState, learning_rate_schedule, torch_adamw
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
@@ -245,16 +249,32 @@ class Trainer:
         config, workdir = self.config, self.workdir
         reporter = reporting.Reporter(workdir, config.total_steps, 0)
         ckpt = checkpointing.Checkpointer(workdir, **config.checkpoint)
-        latest = ckpt.latest_step()
-        if latest is not None:
-            state, meta = ckpt.restore(latest, self.abstract_state())
+        config_json = run_identity.config_json(config)
+        identity = run_identity.identity(
+            config_json, {d.name: d.global_batch for d in self.datasets}
+        )
+        try:
+            restored = ckpt.restore_newest_intact(self.abstract_state(), identity)
+        except RunError:
+            ckpt.close()
+            reporter.close()
+            raise
+        if restored is not None:
+            state, meta = restored
             reporter.message(
-                f"resumed from {ckpt.directory}/{latest} (data position {meta['next_step']})"
+                f"resumed from {ckpt.directory}/{ckpt.newest_complete} "
+                f"(data position {meta['next_step']})"
             )
         else:
             state = self.init_state()
             if config.init_from:
                 state = load_init_from(config.init_from, state, reporter)
+        if jax.process_index() == 0:
+            run_identity.write_record(workdir, config_json, identity)
+        if config.get("precompile"):
+            reporter.message(
+                precompile.compile_all(self, ckpt, previews=bool(config.preview_every_steps))
+            )
         start = int(jax.device_get(state.step))
         shards = sharding.process_batch_shards(self.mesh, self.rules)
         global_batch = {d.name: d.global_batch for d in self.datasets}
@@ -290,7 +310,7 @@ class Trainer:
             start_step=start,
         )
         signals = host_sync.StopSignals().__enter__()
-        saved_step = start if latest is not None else None
+        saved_step = start if restored is not None else None
         pending: list = []
         compiles = compile_stats.counter()
 
@@ -318,7 +338,7 @@ class Trainer:
                 return
             saved_step = step
             flush(step)
-            meta = checkpointing.run_meta(step, config.seed, self.model_config, config)
+            meta = checkpointing.run_meta(step, config.seed, self.model_config, config, identity)
             ckpt.save(step, state, meta, wait=wait)
 
         try:
@@ -380,11 +400,44 @@ class Trainer:
             )
 
 
+class Diverged(RunError):
+    """A NaN/inf loss (``reporting.check_finite``), reported as one line."""
+
+
+def reported_error(error: BaseException) -> BaseException:
+    """What a stopped run reports: the earliest ``RunError`` or ``Preempted`` among ``error``
+    and the exceptions it interrupted (on a full disk, closing the logs fails after the
+    checkpoint save did: the save's one line is the one to show), a NaN/inf loss as
+    ``Diverged``; any other error as it is."""
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__context__
+    for earlier in reversed(chain):
+        if isinstance(earlier, (RunError, Preempted)):
+            return earlier
+        if isinstance(earlier, reporting.NonFiniteLossError):
+            return Diverged(str(earlier))
+    return chain[0]
+
+
 def train_and_evaluate(config, workdir: str) -> step_lib.TrainState:
+    checkpointing.validate_settings(config.checkpoint)  # before any work
     if "://" not in workdir:
         os.makedirs(workdir, exist_ok=True)
-    if config.get("compilation_cache_dir"):
-        jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    precompile.configure_compilation_cache(config.get("compilation_cache_dir", ""), workdir)
     compile_stats.counter()  # count every program from here on, initialisation included
-    return Trainer(config, workdir).run()
+    lock = workdir_lock.WorkdirLock(workdir)
+    process_agreement.decided_on_process_zero(lock.acquire, (workdir_lock.WorkdirLocked,))
+    try:
+        return Trainer(config, workdir).run()
+    except Exception as e:
+        reported = reported_error(e)
+        if reported is e:
+            raise
+        if not isinstance(e, reporting.NonFiniteLossError):  # e came while stopping for it
+            logging.warning("while stopping: %s", checkpointing.one_line(e))
+        raise reported from None
+    finally:
+        if jax.process_index() == 0:
+            lock.release()

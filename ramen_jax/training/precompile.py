@@ -1,0 +1,134 @@
+"""Every program a run will need, compiled before step 1 (``--config.precompile=true``).
+
+Without it a step shape is compiled the first time a batch of that shape arrives, which on a
+pod stalls every host mid-run (minutes for a large model) at unpredictable steps. A run's step
+shapes form a closed set, dataset x token bucket (``ramen_jax.data.buckets``): the batch
+arrays of a dataset always have their native sizes, and the layout's shapes depend only on the
+bucket. ``step_shapes`` enumerates each dataset's GSDs and modality subsets, keeps one draw per
+bucket, and builds that draw's host batch from ``ShapeDtypeStruct``s (the layout is the real
+one: it is small and its values are what ``pipeline.signature`` hashes). ``compile_all`` lowers
+the step (and the preview, when previews are on) for each from abstract arguments carrying the
+batch and state shardings, and the checkpoint's finite/digest check, so that no program is built
+after step 1.
+
+The persistent compilation cache is on by default (``configure_compilation_cache``), so a
+relaunch after preemption loads these programs instead of building them again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import jax
+import numpy as np
+
+from ramen_jax.data import pipeline
+from ramen_jax.training import sharding
+
+CACHE_SUBDIR = "compilation_cache"
+
+
+def configure_compilation_cache(setting: str, workdir: str) -> str | None:
+    """Turns JAX's persistent compilation cache on; returns its directory (None: off).
+
+    ``setting`` is ``compilation_cache_dir``: a directory (local or gs://); ``"off"``; or
+    ``""`` (the default): the cache JAX is already configured with (``JAX_COMPILATION_CACHE_DIR``)
+    if any, else ``WORKDIR/compilation_cache``, shared by every process and every relaunch of
+    the run. Programs are cached however fast they compiled: ``programs.ProgramCache`` relies on
+    the cache to bring back the executables it drops.
+    """
+    if setting == "off":
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    if not setting and jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    directory = setting or f"{workdir.rstrip('/')}/{CACHE_SUBDIR}"
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    return directory
+
+
+def _abstract(array, where) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(np.shape(array), np.asarray(array).dtype, sharding=where)
+
+
+def _host_arrays(dataset: pipeline.DatasetPipeline, rows: int) -> dict:
+    """The batch arrays as ``StepBatches`` makes them (``prepare_sample``'s dtypes)."""
+    out = {"pixels": {}, "dates": {}, "time_valid": {}}
+    for spec in dataset.specs:
+        slots = spec.max_time_steps
+        out["pixels"][spec.name] = jax.ShapeDtypeStruct(
+            (rows, slots, spec.side, spec.side, spec.num_channels), np.float32
+        )
+        out["dates"][spec.name] = jax.ShapeDtypeStruct((rows, slots), np.int32)
+        out["time_valid"][spec.name] = jax.ShapeDtypeStruct((rows, slots), np.bool_)
+    return out
+
+
+def step_shapes(batches: pipeline.StepBatches) -> list[dict]:
+    """One host batch (of this process, arrays abstract) per step signature the run can meet."""
+    found = {}
+    for index, dataset in enumerate(batches.datasets):
+        rows = dataset.global_batch // batches.process_count
+        for gsd in dataset.gsds:
+            for size in range(1, len(dataset.specs) + 1):
+                for kept in itertools.combinations(range(len(dataset.specs)), size):
+                    names = [dataset.specs[i].name for i in kept]
+                    key = (dataset.name, dataset.bucket(names, gsd))
+                    if key not in found:
+                        found[key] = {
+                            **_host_arrays(dataset, rows),
+                            "layout": batches.layout(index, gsd, kept),
+                            "dataset": dataset.name,
+                        }
+    return list(found.values())
+
+
+def abstract_device_batch(host_batch: dict, global_batch: int, mesh, rules) -> dict:
+    """What ``sharding.device_batch`` makes of ``host_batch``, as ShapeDtypeStructs."""
+    split = sharding.batch_sharding(mesh, rules)
+    rep = sharding.replicated(mesh)
+    arrays = {
+        key: {
+            name: jax.ShapeDtypeStruct((global_batch, *x.shape[1:]), x.dtype, sharding=split)
+            for name, x in host_batch[key].items()
+        }
+        for key in ("pixels", "dates", "time_valid")
+    }
+    arrays["layout"] = jax.tree.map(lambda x: _abstract(x, rep), host_batch["layout"])
+    return arrays
+
+
+def compile_all(trainer, checkpointer, *, previews: bool) -> str:
+    """Compiles every step program (and preview, and the checkpoint check); returns a summary."""
+    start = time.time()
+    batches = pipeline.StepBatches(
+        trainer.datasets,
+        seed=trainer.config.seed,
+        mask_ratio=trainer.model_config.mask_ratio,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        jax.eval_shape(trainer.init_state),
+        trainer.state_sharding,
+    )
+    global_batches = {d.name: d.global_batch for d in batches.datasets}
+    shapes = step_shapes(batches)
+    for host in shapes:
+        signature = pipeline.signature(host)
+        name = host["dataset"]
+        batch = abstract_device_batch(host, global_batches[name], trainer.mesh, trainer.rules)
+        trainer.programs.prepare(("step", signature), trainer.step_fn(name), state, batch)
+        if previews:
+            trainer.programs.prepare(("preview", signature), trainer.preview_fn(name), state, batch)
+        trainer.compiled_signatures.add(signature)
+    checkpointer.prepare(trainer.abstract_state())
+    per_dataset = {n: sum(h["dataset"] == n for h in shapes) for n in global_batches}
+    return (
+        f"precompiled {len(shapes)} step shapes {per_dataset}"
+        + (" with their previews" if previews else "")
+        + f" in {time.time() - start:.0f} s"
+    )
