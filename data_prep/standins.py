@@ -39,7 +39,7 @@ import rasterio.transform
 
 from data_prep import common, flairhub, mmearth, worldstrat
 
-STANDIN_VERSION = 1  # bump when a stand-in's content changes: caches are keyed by it
+STANDIN_VERSION = 2  # bump when a stand-in's content changes: caches are keyed by it
 
 
 def textured(rng, shape, mean, spread, cells=8) -> np.ndarray:
@@ -399,7 +399,8 @@ def flairhub_standin(src, train: int = 4, val: int = 1, seed: int = 0) -> dict[s
 # ---------------------------------------------------------------------------------- WorldStrat
 
 WORLDSTRAT_SPOT_SIDE = 1054  # 4 x 263 px tiles
-WORLDSTRAT_REVISITS = 8  # the core release pairs every SPOT image with 8 L2A revisits
+WORLDSTRAT_LISTED_REVISITS = 16  # metadata.csv lists 16 L2A revisits per AOI ...
+WORLDSTRAT_REVISITS = 8  # ... of which the Kaggle "core" release ships 8
 UTM_33N = 32633
 S2_REFLECTANCE_MEANS = (0.03, 0.05, 0.07, 0.08, 0.12, 0.2, 0.23, 0.25, 0.26, 0.27, 0.2, 0.13)
 
@@ -417,30 +418,37 @@ def write_worldstrat_tables(
     src,
     revisit_dates: Mapping[str, Mapping[int, str]],
     highres_dates: Mapping[str, str],
-    splits: Mapping[str, str],
+    splits: Mapping[str, str] | Sequence[tuple[str, str]],
 ) -> None:
-    """``metadata.csv`` (AOI as unnamed first column, one row per revisit ``n``, ISO dates) and
-    ``stratified_train_val_test_split.csv`` (``tile`` and ``split`` among the release's
-    columns)."""
+    """``metadata.csv`` (AOI as unnamed first column, one row per listed revisit ``n``, ISO dates,
+    whether or not its file is written) and ``stratified_train_val_test_split.csv`` (``tile`` and
+    ``split`` among the release's columns). ``splits`` is ``{AOI: split}`` or the file's rows as
+    (AOI, split) pairs: the published file repeats some AOIs, under one split or two."""
     metadata = [",n,lowres_date,highres_date,cloud_cover,lon,lat"]
     for aoi, revisits in revisit_dates.items():
         for n, lowres in revisits.items():
             metadata.append(f"{aoi},{n},{lowres},{highres_dates[aoi]},12.5,31.1,-2.4")
     Path(src, "metadata.csv").write_text("\n".join(metadata) + "\n")
+    rows = list(splits.items()) if isinstance(splits, Mapping) else list(splits)
     split = [",tile,IPCC Class,SMOD,source,joint_class,split"]
     split += [
-        f"{i},{aoi},Settlement,23,X,X/Settlement/23,{name}"
-        for i, (aoi, name) in enumerate(splits.items())
+        f"{i * 16},{aoi},Settlement,23,X,X/Settlement/23,{name}"
+        for i, (aoi, name) in enumerate(rows)
     ]
     Path(src, worldstrat.SPLIT_FILE).write_text("\n".join(split) + "\n")
 
 
 def worldstrat_standin(src, seed: int = 0) -> Path:
-    """Two AOIs (train, val): 12-bit SPOT 1054 px and 8 float32 L2A revisits of about 160 px."""
+    """Two AOIs (train, val): 12-bit SPOT 1054 px and float32 L2A revisits of about 160 px.
+
+    With the published files' quirks: ``metadata.csv`` lists 16 revisits per AOI of which 8 are
+    written (as the Kaggle core release), and the split file repeats the train AOI and lists the
+    val AOI under train as well.
+    """
     rng = np.random.default_rng(seed)
-    splits = {"Landcover-1043": "train", "ASMSpotter-1-1-1": "val"}
+    train, val = "Landcover-1043", "ASMSpotter-1-1-1"
     revisit_dates, highres_dates = {}, {}
-    for aoi in splits:
+    for aoi in (train, val):
         spot = textured(rng, (4, WORLDSTRAT_SPOT_SIDE, WORLDSTRAT_SPOT_SIDE), 900, 300, 32)
         side = int(rng.integers(156, 165))
         revisits = {
@@ -451,13 +459,14 @@ def worldstrat_standin(src, seed: int = 0) -> Path:
         }
         write_worldstrat_aoi(src, aoi, np.clip(spot, 0, 4095).astype(np.uint16), revisits)
         highres = date(2019, 3, 1) + timedelta(days=int(rng.integers(0, 200)))
-        offsets = np.sort(rng.choice(np.arange(-60, 61), WORLDSTRAT_REVISITS, replace=False))
+        offsets = rng.choice(np.arange(-60, 61), WORLDSTRAT_LISTED_REVISITS, replace=False)
         revisit_dates[aoi] = {
-            n: (highres + timedelta(days=int(o))).isoformat()
-            for n, o in zip(revisits, offsets, strict=True)
+            n: (highres + timedelta(days=int(offset))).isoformat()
+            for n, offset in enumerate(np.sort(offsets), start=1)
         }
         highres_dates[aoi] = highres.isoformat()
-    write_worldstrat_tables(src, revisit_dates, highres_dates, splits)
+    split_rows = [(train, "train"), (val, "val"), (train, "train"), (val, "train")]
+    write_worldstrat_tables(src, revisit_dates, highres_dates, split_rows)
     return Path(src) / worldstrat.SPLIT_FILE
 
 
