@@ -37,7 +37,7 @@ import rasterio
 import rasterio.crs
 import rasterio.transform
 
-from data_prep import common, flairhub, mmearth, worldstrat
+from data_prep import common, flairhub, flairhub_dates, mmearth, worldstrat
 
 STANDIN_VERSION = 2  # bump when a stand-in's content changes: caches are keyed by it
 
@@ -236,10 +236,16 @@ FLAIRHUB_CSV_COLUMNS = (
     "SENTINEL1-ASC_TS,SENTINEL1-DESC_TS,SENTINEL2_MSK-SC,SENTINEL2_TS,SPOT_RGBI"
 ).split(",")
 LAMBERT93 = 2154
-FLAIRHUB_DATE_TABLES = {  # table -> (GeoPackage in GLOBAL_ALL_MTD, column)
-    "aerial": ("GLOBAL_AERIAL_MTD_DATES.gpkg", "date"),
-    "s2": ("GLOBAL_SENTINEL2_MTD_DATES.gpkg", "acquisition_dates"),
-    "s1_des": ("GLOBAL_SENTINEL1-DESC_MTD_DATES.gpkg", "acquisition_dates"),
+FLAIRHUB_DATE_COLUMNS = {"aerial": "date", "s2": "acquisition_dates", "s1_des": "acquisition_dates"}
+# The metadata layouts in which FLAIR-HUB dates are published or asked for: layout -> (the
+# GeoPackage's stem per table, whether Sentinel rows are keyed by zone_id in per-domain folders).
+FLAIRHUB_DATE_LAYOUTS = {
+    "release": ({"aerial": "AERIAL", "s2": "SENTINEL2", "s1_des": "SENTINEL1-DESC"}, False),
+    "original": (
+        {"aerial": "AERIAL_RGBI", "s2": "SENTINEL2_TS", "s1_des": "SENTINEL1-DESC_TS"},
+        False,
+    ),
+    "toy": ({"aerial": "AERIAL", "s2": "SENTINEL2", "s1_des": "SENTINEL1-DESC"}, True),
 }
 S2_L2A_MEANS = (450, 700, 650, 1100, 2100, 2500, 2700, 2800, 2000, 1200)  # B2..B12 as stored
 
@@ -270,8 +276,8 @@ def gpkg_point(x, y, srs_id=LAMBERT93) -> bytes:
     return b"GP" + struct.pack("<BBi", 0, 1, srs_id) + struct.pack("<BIdd", 1, 1, x, y)
 
 
-def write_gpkg(path, column: str, rows: Sequence[tuple[str, str]]) -> None:
-    """A GeoPackage (SQLite) whose one point layer holds ``patch_id`` and ``column``."""
+def write_gpkg(path, key: str, column: str, rows: Sequence[tuple[str, str]]) -> None:
+    """A GeoPackage (SQLite) whose one point layer holds the columns ``key`` and ``column``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     layer = path.stem
@@ -293,14 +299,14 @@ def write_gpkg(path, column: str, rows: Sequence[tuple[str, str]]) -> None:
           geometry_type_name TEXT NOT NULL, srs_id INTEGER NOT NULL, z TINYINT NOT NULL,
           m TINYINT NOT NULL, PRIMARY KEY (table_name, column_name));
         CREATE TABLE "{layer}" (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom POINT,
-          patch_id TEXT, "{column}" TEXT);
+          "{key}" TEXT, "{column}" TEXT);
         INSERT INTO gpkg_contents (table_name, data_type, identifier, srs_id)
           VALUES ('{layer}', 'features', '{layer}', 2154);
         INSERT INTO gpkg_geometry_columns VALUES ('{layer}', 'geom', 'POINT', 2154, 0, 0);
         """
     )
     db.executemany(
-        f'INSERT INTO "{layer}" (geom, patch_id, "{column}") VALUES (?, ?, ?)',
+        f'INSERT INTO "{layer}" (geom, "{key}", "{column}") VALUES (?, ?, ?)',
         [
             (gpkg_point(843000.0 + i, 6519000.0), patch, value)
             for i, (patch, value) in enumerate(rows)
@@ -334,12 +340,28 @@ def write_flairhub_csv(path, rows: Sequence[Mapping[str, str]], delimiter: str =
     Path(path).write_text("\n".join(lines) + "\n")
 
 
-def write_flairhub_dates(src, tables: Mapping[str, Sequence[tuple[str, str]]]) -> None:
-    """GLOBAL_ALL_MTD GeoPackages; ``tables``: ``aerial`` / ``s2`` / ``s1_des`` -> rows of
-    (patch id, value): ``YYYYMMDD`` for aerial, ``{"1": "YYYYMMDD", ...}`` JSON for series."""
+def write_flairhub_dates(
+    metadata_dir, tables: Mapping[str, Sequence[tuple[str, str]]], layout: str = "release"
+) -> None:
+    """Date GeoPackages in one of ``FLAIRHUB_DATE_LAYOUTS``; ``tables``: ``aerial`` / ``s2`` /
+    ``s1_des`` -> rows of (patch id, value): ``YYYYMMDD`` for aerial, ``{"1": "YYYYMMDD", ...}``
+    JSON for series. ``release`` and ``original`` write ``GLOBAL_ALL_MTD/GLOBAL_<stem>_MTD_DATES
+    .gpkg`` keyed by ``patch_id``; ``toy`` writes ``<DOMAIN-YEAR>_ALL_MTD/<DOMAIN-YEAR>_<stem>_
+    MTD_DATES.gpkg`` per domain, with one Sentinel row per zone keyed by ``zone_id`` (its first
+    patch's value)."""
+    stems, per_domain = FLAIRHUB_DATE_LAYOUTS[layout]
     for name, rows in tables.items():
-        file, column = FLAIRHUB_DATE_TABLES[name]
-        write_gpkg(Path(src) / flairhub.MTD_DIR / file, column, rows)
+        by_file: dict[str, dict[str, str]] = {}
+        for patch, value in rows:
+            domain = patch.split("_")[0] if per_domain else "GLOBAL"
+            key = flairhub_dates.zone_of(patch) if per_domain and name != "aerial" else patch
+            by_file.setdefault(domain, {}).setdefault(key, value)
+        key_column = "zone_id" if per_domain and name != "aerial" else "patch_id"
+        for prefix, values in by_file.items():
+            path = (
+                Path(metadata_dir) / f"{prefix}_ALL_MTD" / f"{prefix}_{stems[name]}_MTD_DATES.gpkg"
+            )
+            write_gpkg(path, key_column, FLAIRHUB_DATE_COLUMNS[name], list(values.items()))
 
 
 def flairhub_patch_arrays(rng, s2_steps: int, s1_steps: int) -> dict:
@@ -365,11 +387,15 @@ def flairhub_split_files(src) -> dict[str, Path]:
     return {"train": Path(src) / "FLAIR-HUB_TRAIN.csv", "val": Path(src) / "FLAIR-HUB_VALID.csv"}
 
 
-def flairhub_standin(src, train: int = 4, val: int = 1, seed: int = 0) -> dict[str, Path]:
+def flairhub_standin(
+    src, train: int = 4, val: int = 1, seed: int = 0, layout: str = "toy"
+) -> dict[str, Path]:
     """A few FLAIR-HUB patches; returns ``{split: CSV}`` (train comma-, val semicolon-separated).
 
     Yearly Sentinel series of a few tens of dates (Sentinel-2 20..60 with about a third cloudy,
     Sentinel-1 descending 25..60) as in the release, so both exceed the pipeline's time slots.
+    Dates in metadata ``layout`` (default: the toy release's per-domain folders, whose Sentinel
+    dates are keyed by zone).
     """
     rng = np.random.default_rng(seed)
     src = Path(src)
@@ -389,7 +415,7 @@ def flairhub_standin(src, train: int = 4, val: int = 1, seed: int = 0) -> dict[s
             days = day_sequence(rng, year, steps)
             series = {str(k + 1): day.strftime("%Y%m%d") for k, day in enumerate(days)}
             dates[name].append((patch, json.dumps(series)))
-    write_flairhub_dates(src, dates)
+    write_flairhub_dates(src, dates, layout)
     splits = flairhub_split_files(src)
     write_flairhub_csv(splits["train"], rows[:train])
     write_flairhub_csv(splits["val"], rows[train:], delimiter=";")
