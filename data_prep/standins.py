@@ -66,6 +66,21 @@ MMEARTH_SIDE = 64
 # HDF5 band order B1 B2 B3 B4 B5 B6 B7 B8A B8 B9 B10 B11 B12: typical top-of-atmosphere DN.
 S2_BAND_MEANS = (1500, 1300, 1200, 1150, 1450, 2000, 2300, 2500, 2400, 800, 30, 1900, 1300)
 S1_DB_MEANS = (-12.0, -19.0, -10.0, -20.0) * 2  # VV VH HH HV, ascending then descending
+MMEARTH_S2_BANDS = (
+    "B1",
+    "B2",
+    "B3",
+    "B4",
+    "B5",
+    "B6",
+    "B7",
+    "B8A",
+    "B8",
+    "B9",
+    "B10",
+    "B11",
+    "B12",
+)
 # Per-tile vectors and maps of the release that RAMEN does not read (written for fidelity).
 MMEARTH_OTHER_MAPS = {
     "canopy_height_eth": (2, np.int8),
@@ -89,11 +104,19 @@ def cyclic(radians: np.ndarray) -> np.ndarray:
     return np.stack([np.sin(radians), np.cos(radians)], axis=1).astype(np.float32)
 
 
+def mmearth_s2_dates(rows: int, seed: int) -> list[date]:
+    """The Sentinel-2 acquisition day of every tile (``S2_DATE`` of the tile_info file)."""
+    rng = np.random.default_rng([seed, 1])
+    return [date(2020, 1, 1) + timedelta(days=int(day)) for day in rng.integers(0, 366, rows)]
+
+
 def mmearth_arrays(rows: int, seed: int, l2a_rows: Sequence[int] = ()) -> dict:
     """Every HDF5 dataset of the release except ``metadata``, channels first, for ``rows`` tiles.
 
-    Rows in ``l2a_rows`` are Sentinel-2 L2A (band B10 all zero); about a quarter of the tiles
-    miss one Sentinel-1 orbit (-inf, as the release stores it).
+    Rows in ``l2a_rows`` are Sentinel-2 L2A (band B10 all zero). Sentinel-1 as the release
+    stores it: -inf where a band was not acquired. An acquired orbit holds one dual-polarisation
+    pair, VV+VH (HH HV -inf) for nine tiles in ten, HH+HV (VV VH -inf) otherwise; about a quarter
+    of the tiles miss one orbit entirely. ``month`` encodes the month of ``mmearth_s2_dates``.
     """
     rng = np.random.default_rng(seed)
     maps = (rows, MMEARTH_SIDE, MMEARTH_SIDE)
@@ -101,9 +124,14 @@ def mmearth_arrays(rows: int, seed: int, l2a_rows: Sequence[int] = ()) -> dict:
     s2 = np.clip(s2, 1, 10000).astype(np.uint16)
     s2[list(l2a_rows), 10] = 0
     s1 = textured(rng, (rows, 8, *maps[1:]), S1_DB_MEANS, 3.0).astype(np.float32)
+    for row in range(rows):
+        for orbit in (0, 4):
+            missing_pair = (2, 3) if rng.random() < 0.9 else (0, 1)  # VV VH HH HV
+            s1[row, [orbit + band for band in missing_pair]] = -np.inf
     for row in np.flatnonzero(rng.random(rows) < 0.25):
         orbit = rng.integers(2)
         s1[row, 4 * orbit : 4 * orbit + 4] = -np.inf
+    months = np.array([day.month for day in mmearth_s2_dates(rows, seed)])
     elevation = textured(rng, maps, rng.uniform(0, 2000, (rows, 1, 1)), 150)
     slope = np.clip(textured(rng, maps, 8, 6), 0, 70)
     arrays = {
@@ -115,7 +143,7 @@ def mmearth_arrays(rows: int, seed: int, l2a_rows: Sequence[int] = ()) -> dict:
         "era5": rng.normal(10, 8, (rows, 12)).astype(np.float32),
         "lat": cyclic(np.radians(rng.uniform(-55, 70, rows))),
         "lon": cyclic(np.radians(rng.uniform(-180, 180, rows))),
-        "month": cyclic(rng.integers(0, 12, rows) / 12 * 2 * np.pi),
+        "month": cyclic(months / 12 * 2 * np.pi),  # as MMEarth-data: angle 2 pi m / 12
     }
     for name, (bands, dtype) in MMEARTH_OTHER_MAPS.items():
         if name == "esa_worldcover":
@@ -133,12 +161,14 @@ def write_mmearth(
     *,
     s2_types: Sequence[str] | None = None,
     splits: Mapping[str, Sequence[int]] | None = None,
+    s2_dates: Sequence[date] | None = None,
 ) -> Path:
     """Writes ``data_1M_v001_64.h5`` and its json sidecars into ``directory``; returns the h5.
 
     As MMEarth-data's ``convert_to_h5.py``: one gzip-compressed HDF5 chunk per row, and a
     ``metadata`` compound (``tile_id``, plus ``S2_type`` unless ``s2_types`` is None, as in
-    files without it). ``splits`` defaults to every row in ``train``.
+    files without it). ``splits`` defaults to every row in ``train``; ``s2_dates`` (the
+    tile_info's ``S2_DATE``) to the 15th of each row's encoded ``month``.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -157,7 +187,7 @@ def write_mmearth(
     sidecars = {
         "splits": {name: [int(row) for row in members] for name, members in splits.items()},
         "band_stats": mmearth_band_stats(arrays, products),
-        "tile_info": mmearth_tile_info(arrays, tile_ids, products),
+        "tile_info": mmearth_tile_info(arrays, tile_ids, products, s2_dates),
     }
     for suffix, content in sidecars.items():
         (directory / f"{MMEARTH_NAME}_{suffix}.json").write_text(json.dumps(content, indent=1))
@@ -169,20 +199,32 @@ def from_cyclic(encoded: np.ndarray) -> np.ndarray:
     return np.arctan2(encoded[:, 0].astype(np.float64), encoded[:, 1])
 
 
-def mmearth_tile_info(arrays: Mapping[str, np.ndarray], tile_ids, products) -> dict:
-    """``_tile_info.json``: per tile id its Sentinel-2 date and product, CRS and position."""
+def mmearth_tile_info(arrays: Mapping[str, np.ndarray], tile_ids, products, s2_dates=None) -> dict:
+    """``_tile_info.json``, keyed by tile id: Sentinel-2 date and product, CRS, position and
+    the bands each modality holds (a Sentinel-1 orbit lists its acquired pair, or is None)."""
     lat, lon = np.degrees(from_cyclic(arrays["lat"])), np.degrees(from_cyclic(arrays["lon"]))
-    months = np.round(from_cyclic(arrays["month"]) / (2 * np.pi) * 12).astype(int) % 12
-    return {
-        tile: {
-            "S2_DATE": f"2020-{months[row] + 1:02d}-15",
+    if s2_dates is None:
+        months = np.round(from_cyclic(arrays["month"]) / (2 * np.pi) * 12).astype(int) % 12
+        s2_dates = [date(2020, month or 12, 15) for month in months]
+    info = {}
+    for row, tile in enumerate(tile_ids):
+        acquired = np.isfinite(arrays["sentinel1"][row]).any(axis=(1, 2))
+        orbits = {
+            f"sentinel1_{orbit}": [
+                band for k, band in enumerate(("VV", "VH", "HH", "HV")) if acquired[start + k]
+            ]
+            or None
+            for orbit, start in (("asc", 0), ("desc", 4))
+        }
+        info[tile] = {
+            "S2_DATE": s2_dates[row].isoformat(),
             "S2_type": products[row],
             "CRS": f"EPSG:{32600 + int((lon[row] + 180) // 6) + 1}",
             "lat": float(lat[row]),
             "lon": float(lon[row]),
+            "BANDS": {"sentinel2": list(MMEARTH_S2_BANDS), **orbits, "aster": ["b1", "slope"]},
         }
-        for row, tile in enumerate(tile_ids)
-    }
+    return info
 
 
 def mmearth_band_stats(arrays: Mapping[str, np.ndarray], products: Sequence[str]) -> dict:
@@ -220,6 +262,7 @@ def mmearth_standin(directory, rows: int = 16, seed: int = 0) -> Path:
         arrays,
         [f"tile_{seed}_{row:05d}" for row in range(rows)],
         s2_types=["l2a" if row in l2a else "l1c" for row in range(rows)],
+        s2_dates=mmearth_s2_dates(rows, seed),
         splits={
             "train": list(range(rows - test_rows)),
             "val": [],  # empty in the release as well
