@@ -25,13 +25,13 @@ HDF5 datasets read (N tiles, channels first):
 - ``metadata`` compound [N]: field 0 is the tile id (bytes); ``S2_type`` (``l1c``/``l2a``) when
   present gives ``s2_product``. Without it the original's rule applies: L2A iff B10 is all zero.
 
-Dates: ``s2_dates`` is the day of year of the tile's ``S2_DATE`` in ``*_tile_info.json`` (the
-original passes 0, so its models never saw MMEarth dates; a single-date modality's date still
-reaches the encoder here, so the real one is kept). The release records no Sentinel-1 date (its
-image is the one closest in time to the Sentinel-2 one) and the ASTER DEM has none:
-``s1_dates`` and ``dem_dates`` are [1]. Without a tile_info file (``--tile-info``) every date is
-[1], logged once; a tile missing from it is an error (``--on-error``). The file (a few GB for the
-1.2 M tiles) is decoded one tile at a time, keeping the dates only.
+Dates: ``s2_dates`` is the day of year of the tile's ``S2_DATE`` in ``*_tile_info.json``. The
+original passes 0; the records keep what the release has, so the date is there for any use (the
+model reads dates of time series only, which MMEarth's are not). The release records no
+Sentinel-1 date (its image is the one closest in time to the Sentinel-2 one) and the ASTER DEM
+has none: ``s1_dates`` and ``dem_dates`` are [1]. Without a tile_info file (``--tile-info``)
+every date is [1], logged once; a tile missing from it is an error (``--on-error``). The file (a
+few GB for the 1.2 M tiles) is decoded one tile at a time, keeping the dates only.
 Splits: ``--split-file`` takes a JSON file of row lists per split (e.g. the published
 ``*_splits.json``, whose ``val`` is empty). Without it, 10 % of the rows of every biome go to
 ``val`` (seeded), like the original's stratified split (which uses scikit-learn, not reproduced

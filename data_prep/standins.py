@@ -7,14 +7,19 @@ benchmark (``ramen_jax.data.bench``) learn it from:
   release, plus its ``_splits.json``, ``_band_stats.json`` and ``_tile_info.json`` sidecars);
 - FLAIR-HUB: ``write_geotiff``, ``write_flairhub_patch`` (the GeoTIFFs of one patch, named as the
   release), ``write_flairhub_csv`` (split CSV), ``write_gpkg`` / ``write_flairhub_dates`` (the
-  GeoPackages of GLOBAL_ALL_MTD, written as SQLite);
+  date GeoPackages, written as SQLite, in each of ``FLAIRHUB_DATE_LAYOUTS``);
 - WorldStrat: ``write_worldstrat_aoi`` (SPOT + Sentinel-2 L2A revisits) and
   ``write_worldstrat_tables`` (``metadata.csv``, ``stratified_train_val_test_split.csv``).
 
 and the stand-ins themselves: a handful of samples of plausible random data (textured fields,
 not constants) with the release's sides, bands, dtypes and time-series lengths, so that the
 converted records have the paper's native shapes (FLAIR-HUB aerial/DEM 512 px at 0.2 m and 10 px
-Sentinel series; MMEarth 64 px; WorldStrat 263 px SPOT tiles and 39 px Sentinel-2 series).
+Sentinel series; MMEarth 64 px; WorldStrat 263 px SPOT tiles and 39 px Sentinel-2 series). They
+carry the quirks of the published files that a converter must survive: MMEarth's -inf HH/HV
+inside acquired Sentinel-1 orbits and per-tile ``S2_DATE``; FLAIR-HUB dates in the toy release's
+per-domain folders keyed by zone; WorldStrat revisits listed in ``metadata.csv`` but not shipped
+(8 of 16, as the Kaggle core release) and a split file that repeats an AOI and lists one under
+two splits.
 ``build_standin(name, root, split)`` writes one (once) and converts it with the ``data_prep``
 converter; the pipeline repeats the few samples as an endless stream.
 """

@@ -197,7 +197,7 @@ class WorldStratSource(common.Source):
         absent = listed - sum(len(visits) for visits in present.values())
         common.log.info(
             "worldstrat %s: %d AOIs; %d of %d revisits listed in metadata.csv are absent and "
-            "skipped (%d AOIs lack some, %d lack all: those are errors)",
+            "skipped (%d AOIs lack one or more, %d lack all: those are errors)",
             split,
             len(aois),
             absent,
