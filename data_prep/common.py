@@ -10,7 +10,8 @@ Owns:
   which commits it atomically (TFDS writes into an ``incomplete.*`` folder and renames it);
 - ``convert``: plans the chunks, builds the pending ones (optionally in worker processes), then
   finalises: moves the shards into ``OUT``, writes ``stats.json`` and finally
-  ``dataset_info.json`` + ``features.json`` (their presence marks a finished dataset);
+  ``dataset_info.json`` + ``features.json`` (their presence marks a finished dataset). A
+  conversion that ends with no example at all is refused (``EmptyDatasetError``), never finished;
 - resuming: ``OUT/_work/plan.json`` fingerprints the chunk plan, and
   ``OUT/_work/chunks/<chunk>.json`` (written atomically once the chunk's shard is committed) marks
   a chunk done and holds its statistics. A rerun skips done chunks and discards what an
@@ -60,6 +61,10 @@ NO_DATE = 1  # day-of-year stored where the source has no acquisition date
 ON_ERROR_CHOICES = ("stop", "skip")
 
 log = logging.getLogger("data_prep")
+
+
+class EmptyDatasetError(Exception):
+    """Every source item was skipped (or none was listed): there is no dataset to finish."""
 
 
 class SourceError(Exception):
@@ -315,11 +320,19 @@ class ChunkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return {self._chunk.split: self._generate_examples()}
 
     def _generate_examples(self):
+        written_keys = set()
         for item in self._chunk.items:
             try:
                 examples = list(self._source.examples(item))  # all examples of an item, or none
-                for _, example in examples:
+                item_keys = set()
+                for key, example in examples:
                     self.SPEC.check(example, self._source.describe(item))
+                    # TFDS would stop the whole build on a repeated key, past --on-error and
+                    # with an error that needs TensorFlow to be shown: refuse it here instead.
+                    if key in written_keys or key in item_keys:
+                        raise SourceError(self._source.describe(item), f"repeated record key {key}")
+                    item_keys.add(key)
+                written_keys |= item_keys
             except SourceError as error:
                 if self._on_error == "stop":
                     raise
@@ -455,7 +468,8 @@ def convert(
     """Converts ``splits`` of ``source`` into a TFDS ArrayRecord dataset in ``out_dir``.
 
     Resumable: rerun with the same arguments after an interruption and only unfinished chunks
-    are built again. Raises ``SourceError`` (``on_error='stop'``) naming the bad source path.
+    are built again. Raises ``SourceError`` (``on_error='stop'``) naming the bad source path, and
+    ``EmptyDatasetError`` when no split holds an example (every item skipped, or none listed).
     """
     out_dir = Path(out_dir)
     work = Workspace(out_dir)
@@ -560,6 +574,8 @@ def _finalize(builder_class, chunks, work: Workspace, out_dir: Path, splits) -> 
                 filename_template=template,
             )
         )
+    if not split_infos:
+        _refuse_empty_dataset(results, work, out_dir)
     if TRAIN in splits:
         write_json_atomic(out_dir / STATS_FILE, _merged_stats(results))
     builder = builder_class(
@@ -578,6 +594,18 @@ def _finalize(builder_class, chunks, work: Workspace, out_dir: Path, splits) -> 
     shutil.rmtree(work.root)
     skipped = sum(len(result["skipped"]) for _, result in results)
     log.info("%s finished in %s (%d source items skipped)", builder_class.name, out_dir, skipped)
+
+
+def _refuse_empty_dataset(results, work: Workspace, out_dir: Path) -> None:
+    """Raises ``EmptyDatasetError``; the workspace goes, so a rerun reads the sources again."""
+    skipped = [reason for _, result in results for reason in result["skipped"]]
+    shutil.rmtree(work.root)
+    if skipped:
+        raise EmptyDatasetError(
+            f"{out_dir}: no examples written, all {len(skipped)} source items were skipped "
+            f"(first: {skipped[0]})"
+        )
+    raise EmptyDatasetError(f"{out_dir}: no examples written, the splits list no source items")
 
 
 def _merged_stats(results: Sequence[tuple[Chunk, Mapping]]) -> dict:
@@ -660,5 +688,8 @@ def run(builder_class, make_source, splits_of, args: argparse.Namespace) -> int:
         )
     except SourceError as error:
         log.error("stopped on a source error (rerun to resume): %s", error)
+        return 1
+    except EmptyDatasetError as error:
+        log.error("%s", error)
         return 1
     return 0

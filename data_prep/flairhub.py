@@ -5,15 +5,25 @@ turning each patch into one record with the modalities ``aerial`` and ``dem`` (5
 one date) and the time series ``s2`` and ``s1_des`` (10 px at 10.24 m).
 
 Source layout (``--src``): the published ``<DOMAIN-YEAR>_<MODALITY>.zip`` archives and
-``GLOBAL_ALL_MTD.zip`` unzipped side by side::
+``GLOBAL_ALL_MTD.zip`` unzipped side by side (or the toy release unzipped)::
 
-    GLOBAL_ALL_MTD/
+    GLOBAL_ALL_MTD/                         full release; the toy has D004-2021_ALL_MTD/ ... instead
       GLOBAL_AERIAL_MTD_DATES.gpkg          patch_id, date ("YYYYMMDD")
       GLOBAL_SENTINEL2_MTD_DATES.gpkg       patch_id, acquisition_dates ('{"1": "YYYYMMDD", ...}')
       GLOBAL_SENTINEL1-DESC_MTD_DATES.gpkg  same, for the Sentinel-1 descending series
     D004-2021_AERIAL_RGBI/<ROI>/D004-2021_AERIAL_RGBI_<ROI>_<row>-<col>.tif
     D004-2021_DEM_ELEV/..., D004-2021_SENTINEL2_TS/..., D004-2021_SENTINEL2_MSK-SC/...,
     D004-2021_SENTINEL1-DESC_TS/...        (same naming for every modality and domain)
+
+Dates (``data_prep.flairhub_dates``): the date GeoPackages are searched in every ``*_ALL_MTD``
+folder of ``--metadata-dir`` (default ``--src``): ``GLOBAL_ALL_MTD/GLOBAL_<STEM>_MTD_DATES.gpkg``
+(full release) and ``<DOMAIN-YEAR>_ALL_MTD/<DOMAIN-YEAR>_<STEM>_MTD_DATES.gpkg`` (toy release,
+Sentinel dates keyed by ``zone_id``), with the release's stems (``AERIAL``, ``SENTINEL2``,
+``SENTINEL1-DESC``) or the original RAMEN code's (``AERIAL_RGBI``, ``SENTINEL2_TS``,
+``SENTINEL1-DESC_TS``). ``--dates-file NAME=GPKG`` names the files of a modality instead. The
+Sentinel dates are required when a split CSV lists that series (the run stops at start, naming
+the file it looked for); the aerial dates are optional, as for IGNF's loader, which reads none:
+without them ``aerial`` and ``dem`` are dated [1] (logged).
 
 Split files (``--split-file NAME=CSV``, repeatable): the published split CSVs (e.g.
 ``FLAIR-HUB_TOY-DATASET_TRAIN.csv``; comma or semicolon separated) with a ``patch_id`` column and
@@ -35,31 +45,22 @@ public FLAIR-HUB loaders describe them; any file dtype that converts losslessly 
 - ``SENTINEL1-DESC_TS``: T x 2 bands (VV, VH), float32, 10 x 10 -> ``s1_des``.
 
 GeoPackages are read with the standard ``sqlite3`` module (the layer is the table listed in
-``gpkg_contents`` that has the needed columns).
+``gpkg_contents`` that has a key and a value column).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import io
-import json
-import sqlite3
 import sys
-from datetime import datetime
+from collections import defaultdict
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from data_prep import common
+from data_prep import common, flairhub_dates
 
-MTD_DIR = "GLOBAL_ALL_MTD"
-DATE_TABLES = {  # modality -> (GeoPackage in MTD_DIR, column)
-    "aerial": ("GLOBAL_AERIAL_MTD_DATES.gpkg", "date"),
-    "s2": ("GLOBAL_SENTINEL2_MTD_DATES.gpkg", "acquisition_dates"),
-    "s1_des": ("GLOBAL_SENTINEL1-DESC_MTD_DATES.gpkg", "acquisition_dates"),
-}
 COLUMNS = {
     "aerial": "AERIAL_RGBI",
     "dem": "DEM_ELEV",
@@ -101,23 +102,6 @@ class FlairHub(common.ChunkBuilder, skip_registration=True):
     SPEC = SPEC
 
 
-def read_gpkg_column(path: Path, column: str) -> dict[str, str]:
-    """``{patch_id: column value}`` from the GeoPackage layer holding both columns."""
-    if not path.is_file():
-        raise common.SourceError(path, "missing GeoPackage")
-    try:
-        with contextlib.closing(
-            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        ) as db:
-            for (table,) in db.execute("SELECT table_name FROM gpkg_contents"):
-                names = {row[1] for row in db.execute(f'PRAGMA table_info("{table}")')}
-                if {"patch_id", column} <= names:
-                    return dict(db.execute(f'SELECT patch_id, "{column}" FROM "{table}"'))
-    except sqlite3.Error as error:
-        raise common.SourceError(path, f"not a readable GeoPackage: {error}") from error
-    raise common.SourceError(path, f"no layer with columns patch_id and {column}")
-
-
 def read_split_csv(path: Path) -> list[dict]:
     text = Path(path).read_text(encoding="utf-8-sig")
     header = text.partition("\n")[0]
@@ -139,23 +123,43 @@ def clear_dates(mask: np.ndarray) -> np.ndarray:
     return keep
 
 
-def yyyymmdd_day_of_year(text: str) -> int:
-    return common.day_of_year(datetime.strptime(str(text), "%Y%m%d").date())
-
-
 class FlairHubSource(common.Source):
     """Patches listed in the split CSVs; an item is one CSV row."""
 
-    def __init__(self, src: Path, split_files: dict[str, Path]):
+    def __init__(
+        self,
+        src: Path,
+        split_files: dict[str, Path],
+        metadata_dir: Path | None = None,
+        date_files: dict[str, list[Path]] | None = None,
+    ):
         self.src = Path(src)
         self.rows = {split: read_split_csv(path) for split, path in split_files.items()}
-        self.date_files = {
-            name: self.src / MTD_DIR / file for name, (file, _) in DATE_TABLES.items()
-        }
-        self.date_tables = {
-            name: read_gpkg_column(self.date_files[name], column)
-            for name, (_, column) in DATE_TABLES.items()
-        }
+        metadata_dir = Path(metadata_dir or self.src)
+        self.dates: dict[str, flairhub_dates.DateTable | None] = {}
+        for name in flairhub_dates.FILE_STEMS:
+            files = (date_files or {}).get(name) or flairhub_dates.find_date_files(
+                metadata_dir, name
+            )
+            self.dates[name] = flairhub_dates.DateTable(name, files) if files else None
+            if files:
+                common.log.info("flairhub: %s", self.dates[name].describe())
+            elif name == "aerial":
+                common.log.warning(
+                    "flairhub: no aerial date GeoPackage under %s: aerial and dem are dated [1]",
+                    metadata_dir,
+                )
+            elif self._listed(COLUMNS[name]):
+                stem = flairhub_dates.FILE_STEMS[name][0]
+                raise common.SourceError(
+                    metadata_dir / "GLOBAL_ALL_MTD" / f"GLOBAL_{stem}_MTD_DATES.gpkg",
+                    f"missing, and no *_ALL_MTD folder holds {name} dates; "
+                    f"give them with --dates-file {name}=GPKG",
+                )
+
+    def _listed(self, column: str) -> bool:
+        """Whether any split CSV row lists a file in ``column``."""
+        return any((row[column] or "").strip() for rows in self.rows.values() for row in rows)
 
     def items(self, split: str) -> list[dict]:
         return self.rows[split]
@@ -175,7 +179,7 @@ class FlairHubSource(common.Source):
         example["s1_des"], example["s1_des_dates"] = (
             MODALITIES["s1_des"].missing()
             if data is None
-            else (data, self._series_dates(row, "s1_des", len(data)))
+            else (data, self._dates(row, "s1_des", len(data)))
         )
         yield row["patch_id"], example
 
@@ -212,29 +216,20 @@ class FlairHubSource(common.Source):
         keep = clear_dates(mask)
         if not keep.any():
             return MODALITIES["s2"].missing()
-        return data[keep], self._series_dates(row, "s2", len(data))[keep]
+        return data[keep], self._dates(row, "s2", len(data))[keep]
 
     def _aerial_date(self, row: dict) -> np.ndarray:
-        return np.array([yyyymmdd_day_of_year(self._dates_entry("aerial", row))], np.int32)
+        if self.dates["aerial"] is None:
+            return np.full((1,), common.NO_DATE, np.int32)
+        return self._dates(row, "aerial", 1)
 
-    def _series_dates(self, row: dict, name: str, steps: int) -> np.ndarray:
-        by_step = json.loads(self._dates_entry(name, row))
-        dates = [yyyymmdd_day_of_year(by_step[key]) for key in sorted(by_step, key=int)]
-        if len(dates) != steps:
+    def _dates(self, row: dict, name: str, steps: int) -> np.ndarray:
+        days, path = self.dates[name].days(row["patch_id"])
+        if len(days) != steps:
             raise common.SourceError(
-                self.date_files[name],
-                f"{len(dates)} dates for patch {row['patch_id']}, its image has {steps}",
+                path, f"{len(days)} {name} dates for patch {row['patch_id']}, its image has {steps}"
             )
-        return np.array(dates, np.int32)
-
-    def _dates_entry(self, name: str, row: dict) -> str:
-        patch, table = row["patch_id"], self.date_tables[name]
-        # The IGNF loader keys dates by patch id; another public loader keys the Sentinel
-        # dates by ROI (the first two parts of the id): accept both.
-        entry = table.get(patch, table.get("_".join(patch.split("_")[:2])))
-        if entry is None:
-            raise common.SourceError(self.date_files[name], f"no {name} date for patch {patch}")
-        return entry
+        return np.array(days, np.int32)
 
 
 def read_series(path: Path, channels: int, side: int) -> np.ndarray:
@@ -257,6 +252,19 @@ def parse_split_files(values: list[str]) -> dict[str, Path]:
     return split_files
 
 
+def parse_date_files(values: list[str]) -> dict[str, list[Path]]:
+    date_files = defaultdict(list)
+    for value in values:
+        name, separator, path = value.partition("=")
+        if not separator or name not in flairhub_dates.FILE_STEMS or not path:
+            raise argparse.ArgumentTypeError(
+                f"--dates-file expects NAME=GPKG with NAME in {sorted(flairhub_dates.FILE_STEMS)},"
+                f" got {value!r}"
+            )
+        date_files[name].append(Path(path))
+    return dict(date_files)
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m data_prep.flairhub",
@@ -271,9 +279,24 @@ def parse_args(argv):
         metavar="NAME=CSV",
         help="split name and its CSV, e.g. train=FLAIR-HUB_TRAIN.csv (repeat per split)",
     )
+    parser.add_argument(
+        "--metadata-dir",
+        type=Path,
+        default=None,
+        help="folder holding GLOBAL_ALL_MTD/ or <DOMAIN-YEAR>_ALL_MTD/ folders (default: SRC)",
+    )
+    parser.add_argument(
+        "--dates-file",
+        action="append",
+        default=[],
+        metavar="NAME=GPKG",
+        help="date GeoPackage of aerial, s2 or s1_des, read instead of searching "
+        "--metadata-dir (repeatable, also for one modality)",
+    )
     args = parser.parse_args(argv)
     try:
         args.split_file = parse_split_files(args.split_file)
+        args.dates_file = parse_date_files(args.dates_file)
     except argparse.ArgumentTypeError as error:
         parser.error(str(error))
     return args
@@ -283,7 +306,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     return common.run(
         FlairHub,
-        lambda a: FlairHubSource(a.src, a.split_file),
+        lambda a: FlairHubSource(a.src, a.split_file, a.metadata_dir, a.dates_file),
         lambda a: list(a.split_file),
         args,
     )

@@ -7,14 +7,19 @@ benchmark (``ramen_jax.data.bench``) learn it from:
   release, plus its ``_splits.json``, ``_band_stats.json`` and ``_tile_info.json`` sidecars);
 - FLAIR-HUB: ``write_geotiff``, ``write_flairhub_patch`` (the GeoTIFFs of one patch, named as the
   release), ``write_flairhub_csv`` (split CSV), ``write_gpkg`` / ``write_flairhub_dates`` (the
-  GeoPackages of GLOBAL_ALL_MTD, written as SQLite);
+  date GeoPackages, written as SQLite, in each of ``FLAIRHUB_DATE_LAYOUTS``);
 - WorldStrat: ``write_worldstrat_aoi`` (SPOT + Sentinel-2 L2A revisits) and
   ``write_worldstrat_tables`` (``metadata.csv``, ``stratified_train_val_test_split.csv``).
 
 and the stand-ins themselves: a handful of samples of plausible random data (textured fields,
 not constants) with the release's sides, bands, dtypes and time-series lengths, so that the
 converted records have the paper's native shapes (FLAIR-HUB aerial/DEM 512 px at 0.2 m and 10 px
-Sentinel series; MMEarth 64 px; WorldStrat 263 px SPOT tiles and 39 px Sentinel-2 series).
+Sentinel series; MMEarth 64 px; WorldStrat 263 px SPOT tiles and 39 px Sentinel-2 series). They
+carry the quirks of the published files that a converter must survive: MMEarth's -inf HH/HV
+inside acquired Sentinel-1 orbits and per-tile ``S2_DATE``; FLAIR-HUB dates in the toy release's
+per-domain folders keyed by zone; WorldStrat revisits listed in ``metadata.csv`` but not shipped
+(8 of 16, as the Kaggle core release) and a split file that repeats an AOI and lists one under
+two splits.
 ``build_standin(name, root, split)`` writes one (once) and converts it with the ``data_prep``
 converter; the pipeline repeats the few samples as an endless stream.
 """
@@ -37,9 +42,9 @@ import rasterio
 import rasterio.crs
 import rasterio.transform
 
-from data_prep import common, flairhub, mmearth, worldstrat
+from data_prep import common, flairhub, flairhub_dates, mmearth, worldstrat
 
-STANDIN_VERSION = 1  # bump when a stand-in's content changes: caches are keyed by it
+STANDIN_VERSION = 2  # bump when a stand-in's content changes: caches are keyed by it
 
 
 def textured(rng, shape, mean, spread, cells=8) -> np.ndarray:
@@ -66,6 +71,21 @@ MMEARTH_SIDE = 64
 # HDF5 band order B1 B2 B3 B4 B5 B6 B7 B8A B8 B9 B10 B11 B12: typical top-of-atmosphere DN.
 S2_BAND_MEANS = (1500, 1300, 1200, 1150, 1450, 2000, 2300, 2500, 2400, 800, 30, 1900, 1300)
 S1_DB_MEANS = (-12.0, -19.0, -10.0, -20.0) * 2  # VV VH HH HV, ascending then descending
+MMEARTH_S2_BANDS = (
+    "B1",
+    "B2",
+    "B3",
+    "B4",
+    "B5",
+    "B6",
+    "B7",
+    "B8A",
+    "B8",
+    "B9",
+    "B10",
+    "B11",
+    "B12",
+)
 # Per-tile vectors and maps of the release that RAMEN does not read (written for fidelity).
 MMEARTH_OTHER_MAPS = {
     "canopy_height_eth": (2, np.int8),
@@ -89,11 +109,19 @@ def cyclic(radians: np.ndarray) -> np.ndarray:
     return np.stack([np.sin(radians), np.cos(radians)], axis=1).astype(np.float32)
 
 
+def mmearth_s2_dates(rows: int, seed: int) -> list[date]:
+    """The Sentinel-2 acquisition day of every tile (``S2_DATE`` of the tile_info file)."""
+    rng = np.random.default_rng([seed, 1])
+    return [date(2020, 1, 1) + timedelta(days=int(day)) for day in rng.integers(0, 366, rows)]
+
+
 def mmearth_arrays(rows: int, seed: int, l2a_rows: Sequence[int] = ()) -> dict:
     """Every HDF5 dataset of the release except ``metadata``, channels first, for ``rows`` tiles.
 
-    Rows in ``l2a_rows`` are Sentinel-2 L2A (band B10 all zero); about a quarter of the tiles
-    miss one Sentinel-1 orbit (-inf, as the release stores it).
+    Rows in ``l2a_rows`` are Sentinel-2 L2A (band B10 all zero). Sentinel-1 as the release
+    stores it: -inf where a band was not acquired. An acquired orbit holds one dual-polarisation
+    pair, VV+VH (HH HV -inf) for nine tiles in ten, HH+HV (VV VH -inf) otherwise; about a quarter
+    of the tiles miss one orbit entirely. ``month`` encodes the month of ``mmearth_s2_dates``.
     """
     rng = np.random.default_rng(seed)
     maps = (rows, MMEARTH_SIDE, MMEARTH_SIDE)
@@ -101,9 +129,14 @@ def mmearth_arrays(rows: int, seed: int, l2a_rows: Sequence[int] = ()) -> dict:
     s2 = np.clip(s2, 1, 10000).astype(np.uint16)
     s2[list(l2a_rows), 10] = 0
     s1 = textured(rng, (rows, 8, *maps[1:]), S1_DB_MEANS, 3.0).astype(np.float32)
+    for row in range(rows):
+        for orbit in (0, 4):
+            missing_pair = (2, 3) if rng.random() < 0.9 else (0, 1)  # VV VH HH HV
+            s1[row, [orbit + band for band in missing_pair]] = -np.inf
     for row in np.flatnonzero(rng.random(rows) < 0.25):
         orbit = rng.integers(2)
         s1[row, 4 * orbit : 4 * orbit + 4] = -np.inf
+    months = np.array([day.month for day in mmearth_s2_dates(rows, seed)])
     elevation = textured(rng, maps, rng.uniform(0, 2000, (rows, 1, 1)), 150)
     slope = np.clip(textured(rng, maps, 8, 6), 0, 70)
     arrays = {
@@ -115,7 +148,7 @@ def mmearth_arrays(rows: int, seed: int, l2a_rows: Sequence[int] = ()) -> dict:
         "era5": rng.normal(10, 8, (rows, 12)).astype(np.float32),
         "lat": cyclic(np.radians(rng.uniform(-55, 70, rows))),
         "lon": cyclic(np.radians(rng.uniform(-180, 180, rows))),
-        "month": cyclic(rng.integers(0, 12, rows) / 12 * 2 * np.pi),
+        "month": cyclic(months / 12 * 2 * np.pi),  # as MMEarth-data: angle 2 pi m / 12
     }
     for name, (bands, dtype) in MMEARTH_OTHER_MAPS.items():
         if name == "esa_worldcover":
@@ -133,12 +166,14 @@ def write_mmearth(
     *,
     s2_types: Sequence[str] | None = None,
     splits: Mapping[str, Sequence[int]] | None = None,
+    s2_dates: Sequence[date] | None = None,
 ) -> Path:
     """Writes ``data_1M_v001_64.h5`` and its json sidecars into ``directory``; returns the h5.
 
     As MMEarth-data's ``convert_to_h5.py``: one gzip-compressed HDF5 chunk per row, and a
     ``metadata`` compound (``tile_id``, plus ``S2_type`` unless ``s2_types`` is None, as in
-    files without it). ``splits`` defaults to every row in ``train``.
+    files without it). ``splits`` defaults to every row in ``train``; ``s2_dates`` (the
+    tile_info's ``S2_DATE``) to the 15th of each row's encoded ``month``.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -157,7 +192,7 @@ def write_mmearth(
     sidecars = {
         "splits": {name: [int(row) for row in members] for name, members in splits.items()},
         "band_stats": mmearth_band_stats(arrays, products),
-        "tile_info": mmearth_tile_info(arrays, tile_ids, products),
+        "tile_info": mmearth_tile_info(arrays, tile_ids, products, s2_dates),
     }
     for suffix, content in sidecars.items():
         (directory / f"{MMEARTH_NAME}_{suffix}.json").write_text(json.dumps(content, indent=1))
@@ -169,20 +204,32 @@ def from_cyclic(encoded: np.ndarray) -> np.ndarray:
     return np.arctan2(encoded[:, 0].astype(np.float64), encoded[:, 1])
 
 
-def mmearth_tile_info(arrays: Mapping[str, np.ndarray], tile_ids, products) -> dict:
-    """``_tile_info.json``: per tile id its Sentinel-2 date and product, CRS and position."""
+def mmearth_tile_info(arrays: Mapping[str, np.ndarray], tile_ids, products, s2_dates=None) -> dict:
+    """``_tile_info.json``, keyed by tile id: Sentinel-2 date and product, CRS, position and
+    the bands each modality holds (a Sentinel-1 orbit lists its acquired pair, or is None)."""
     lat, lon = np.degrees(from_cyclic(arrays["lat"])), np.degrees(from_cyclic(arrays["lon"]))
-    months = np.round(from_cyclic(arrays["month"]) / (2 * np.pi) * 12).astype(int) % 12
-    return {
-        tile: {
-            "S2_DATE": f"2020-{months[row] + 1:02d}-15",
+    if s2_dates is None:
+        months = np.round(from_cyclic(arrays["month"]) / (2 * np.pi) * 12).astype(int) % 12
+        s2_dates = [date(2020, month or 12, 15) for month in months]
+    info = {}
+    for row, tile in enumerate(tile_ids):
+        acquired = np.isfinite(arrays["sentinel1"][row]).any(axis=(1, 2))
+        orbits = {
+            f"sentinel1_{orbit}": [
+                band for k, band in enumerate(("VV", "VH", "HH", "HV")) if acquired[start + k]
+            ]
+            or None
+            for orbit, start in (("asc", 0), ("desc", 4))
+        }
+        info[tile] = {
+            "S2_DATE": s2_dates[row].isoformat(),
             "S2_type": products[row],
             "CRS": f"EPSG:{32600 + int((lon[row] + 180) // 6) + 1}",
             "lat": float(lat[row]),
             "lon": float(lon[row]),
+            "BANDS": {"sentinel2": list(MMEARTH_S2_BANDS), **orbits, "aster": ["b1", "slope"]},
         }
-        for row, tile in enumerate(tile_ids)
-    }
+    return info
 
 
 def mmearth_band_stats(arrays: Mapping[str, np.ndarray], products: Sequence[str]) -> dict:
@@ -220,6 +267,7 @@ def mmearth_standin(directory, rows: int = 16, seed: int = 0) -> Path:
         arrays,
         [f"tile_{seed}_{row:05d}" for row in range(rows)],
         s2_types=["l2a" if row in l2a else "l1c" for row in range(rows)],
+        s2_dates=mmearth_s2_dates(rows, seed),
         splits={
             "train": list(range(rows - test_rows)),
             "val": [],  # empty in the release as well
@@ -236,10 +284,16 @@ FLAIRHUB_CSV_COLUMNS = (
     "SENTINEL1-ASC_TS,SENTINEL1-DESC_TS,SENTINEL2_MSK-SC,SENTINEL2_TS,SPOT_RGBI"
 ).split(",")
 LAMBERT93 = 2154
-FLAIRHUB_DATE_TABLES = {  # table -> (GeoPackage in GLOBAL_ALL_MTD, column)
-    "aerial": ("GLOBAL_AERIAL_MTD_DATES.gpkg", "date"),
-    "s2": ("GLOBAL_SENTINEL2_MTD_DATES.gpkg", "acquisition_dates"),
-    "s1_des": ("GLOBAL_SENTINEL1-DESC_MTD_DATES.gpkg", "acquisition_dates"),
+FLAIRHUB_DATE_COLUMNS = {"aerial": "date", "s2": "acquisition_dates", "s1_des": "acquisition_dates"}
+# The metadata layouts in which FLAIR-HUB dates are published or asked for: layout -> (the
+# GeoPackage's stem per table, whether Sentinel rows are keyed by zone_id in per-domain folders).
+FLAIRHUB_DATE_LAYOUTS = {
+    "release": ({"aerial": "AERIAL", "s2": "SENTINEL2", "s1_des": "SENTINEL1-DESC"}, False),
+    "original": (
+        {"aerial": "AERIAL_RGBI", "s2": "SENTINEL2_TS", "s1_des": "SENTINEL1-DESC_TS"},
+        False,
+    ),
+    "toy": ({"aerial": "AERIAL", "s2": "SENTINEL2", "s1_des": "SENTINEL1-DESC"}, True),
 }
 S2_L2A_MEANS = (450, 700, 650, 1100, 2100, 2500, 2700, 2800, 2000, 1200)  # B2..B12 as stored
 
@@ -270,8 +324,8 @@ def gpkg_point(x, y, srs_id=LAMBERT93) -> bytes:
     return b"GP" + struct.pack("<BBi", 0, 1, srs_id) + struct.pack("<BIdd", 1, 1, x, y)
 
 
-def write_gpkg(path, column: str, rows: Sequence[tuple[str, str]]) -> None:
-    """A GeoPackage (SQLite) whose one point layer holds ``patch_id`` and ``column``."""
+def write_gpkg(path, key: str, column: str, rows: Sequence[tuple[str, str]]) -> None:
+    """A GeoPackage (SQLite) whose one point layer holds the columns ``key`` and ``column``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     layer = path.stem
@@ -293,14 +347,14 @@ def write_gpkg(path, column: str, rows: Sequence[tuple[str, str]]) -> None:
           geometry_type_name TEXT NOT NULL, srs_id INTEGER NOT NULL, z TINYINT NOT NULL,
           m TINYINT NOT NULL, PRIMARY KEY (table_name, column_name));
         CREATE TABLE "{layer}" (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom POINT,
-          patch_id TEXT, "{column}" TEXT);
+          "{key}" TEXT, "{column}" TEXT);
         INSERT INTO gpkg_contents (table_name, data_type, identifier, srs_id)
           VALUES ('{layer}', 'features', '{layer}', 2154);
         INSERT INTO gpkg_geometry_columns VALUES ('{layer}', 'geom', 'POINT', 2154, 0, 0);
         """
     )
     db.executemany(
-        f'INSERT INTO "{layer}" (geom, patch_id, "{column}") VALUES (?, ?, ?)',
+        f'INSERT INTO "{layer}" (geom, "{key}", "{column}") VALUES (?, ?, ?)',
         [
             (gpkg_point(843000.0 + i, 6519000.0), patch, value)
             for i, (patch, value) in enumerate(rows)
@@ -334,12 +388,28 @@ def write_flairhub_csv(path, rows: Sequence[Mapping[str, str]], delimiter: str =
     Path(path).write_text("\n".join(lines) + "\n")
 
 
-def write_flairhub_dates(src, tables: Mapping[str, Sequence[tuple[str, str]]]) -> None:
-    """GLOBAL_ALL_MTD GeoPackages; ``tables``: ``aerial`` / ``s2`` / ``s1_des`` -> rows of
-    (patch id, value): ``YYYYMMDD`` for aerial, ``{"1": "YYYYMMDD", ...}`` JSON for series."""
+def write_flairhub_dates(
+    metadata_dir, tables: Mapping[str, Sequence[tuple[str, str]]], layout: str = "release"
+) -> None:
+    """Date GeoPackages in one of ``FLAIRHUB_DATE_LAYOUTS``; ``tables``: ``aerial`` / ``s2`` /
+    ``s1_des`` -> rows of (patch id, value): ``YYYYMMDD`` for aerial, ``{"1": "YYYYMMDD", ...}``
+    JSON for series. ``release`` and ``original`` write ``GLOBAL_ALL_MTD/GLOBAL_<stem>_MTD_DATES
+    .gpkg`` keyed by ``patch_id``; ``toy`` writes ``<DOMAIN-YEAR>_ALL_MTD/<DOMAIN-YEAR>_<stem>_
+    MTD_DATES.gpkg`` per domain, with one Sentinel row per zone keyed by ``zone_id`` (its first
+    patch's value)."""
+    stems, per_domain = FLAIRHUB_DATE_LAYOUTS[layout]
     for name, rows in tables.items():
-        file, column = FLAIRHUB_DATE_TABLES[name]
-        write_gpkg(Path(src) / flairhub.MTD_DIR / file, column, rows)
+        by_file: dict[str, dict[str, str]] = {}
+        for patch, value in rows:
+            domain = patch.split("_")[0] if per_domain else "GLOBAL"
+            key = flairhub_dates.zone_of(patch) if per_domain and name != "aerial" else patch
+            by_file.setdefault(domain, {}).setdefault(key, value)
+        key_column = "zone_id" if per_domain and name != "aerial" else "patch_id"
+        for prefix, values in by_file.items():
+            path = (
+                Path(metadata_dir) / f"{prefix}_ALL_MTD" / f"{prefix}_{stems[name]}_MTD_DATES.gpkg"
+            )
+            write_gpkg(path, key_column, FLAIRHUB_DATE_COLUMNS[name], list(values.items()))
 
 
 def flairhub_patch_arrays(rng, s2_steps: int, s1_steps: int) -> dict:
@@ -365,11 +435,15 @@ def flairhub_split_files(src) -> dict[str, Path]:
     return {"train": Path(src) / "FLAIR-HUB_TRAIN.csv", "val": Path(src) / "FLAIR-HUB_VALID.csv"}
 
 
-def flairhub_standin(src, train: int = 4, val: int = 1, seed: int = 0) -> dict[str, Path]:
+def flairhub_standin(
+    src, train: int = 4, val: int = 1, seed: int = 0, layout: str = "toy"
+) -> dict[str, Path]:
     """A few FLAIR-HUB patches; returns ``{split: CSV}`` (train comma-, val semicolon-separated).
 
     Yearly Sentinel series of a few tens of dates (Sentinel-2 20..60 with about a third cloudy,
     Sentinel-1 descending 25..60) as in the release, so both exceed the pipeline's time slots.
+    Dates in metadata ``layout`` (default: the toy release's per-domain folders, whose Sentinel
+    dates are keyed by zone).
     """
     rng = np.random.default_rng(seed)
     src = Path(src)
@@ -389,7 +463,7 @@ def flairhub_standin(src, train: int = 4, val: int = 1, seed: int = 0) -> dict[s
             days = day_sequence(rng, year, steps)
             series = {str(k + 1): day.strftime("%Y%m%d") for k, day in enumerate(days)}
             dates[name].append((patch, json.dumps(series)))
-    write_flairhub_dates(src, dates)
+    write_flairhub_dates(src, dates, layout)
     splits = flairhub_split_files(src)
     write_flairhub_csv(splits["train"], rows[:train])
     write_flairhub_csv(splits["val"], rows[train:], delimiter=";")
@@ -399,7 +473,8 @@ def flairhub_standin(src, train: int = 4, val: int = 1, seed: int = 0) -> dict[s
 # ---------------------------------------------------------------------------------- WorldStrat
 
 WORLDSTRAT_SPOT_SIDE = 1054  # 4 x 263 px tiles
-WORLDSTRAT_REVISITS = 8  # the core release pairs every SPOT image with 8 L2A revisits
+WORLDSTRAT_LISTED_REVISITS = 16  # metadata.csv lists 16 L2A revisits per AOI ...
+WORLDSTRAT_REVISITS = 8  # ... of which the Kaggle "core" release ships 8
 UTM_33N = 32633
 S2_REFLECTANCE_MEANS = (0.03, 0.05, 0.07, 0.08, 0.12, 0.2, 0.23, 0.25, 0.26, 0.27, 0.2, 0.13)
 
@@ -417,30 +492,37 @@ def write_worldstrat_tables(
     src,
     revisit_dates: Mapping[str, Mapping[int, str]],
     highres_dates: Mapping[str, str],
-    splits: Mapping[str, str],
+    splits: Mapping[str, str] | Sequence[tuple[str, str]],
 ) -> None:
-    """``metadata.csv`` (AOI as unnamed first column, one row per revisit ``n``, ISO dates) and
-    ``stratified_train_val_test_split.csv`` (``tile`` and ``split`` among the release's
-    columns)."""
+    """``metadata.csv`` (AOI as unnamed first column, one row per listed revisit ``n``, ISO dates,
+    whether or not its file is written) and ``stratified_train_val_test_split.csv`` (``tile`` and
+    ``split`` among the release's columns). ``splits`` is ``{AOI: split}`` or the file's rows as
+    (AOI, split) pairs: the published file repeats some AOIs, under one split or two."""
     metadata = [",n,lowres_date,highres_date,cloud_cover,lon,lat"]
     for aoi, revisits in revisit_dates.items():
         for n, lowres in revisits.items():
             metadata.append(f"{aoi},{n},{lowres},{highres_dates[aoi]},12.5,31.1,-2.4")
     Path(src, "metadata.csv").write_text("\n".join(metadata) + "\n")
+    rows = list(splits.items()) if isinstance(splits, Mapping) else list(splits)
     split = [",tile,IPCC Class,SMOD,source,joint_class,split"]
     split += [
-        f"{i},{aoi},Settlement,23,X,X/Settlement/23,{name}"
-        for i, (aoi, name) in enumerate(splits.items())
+        f"{i * 16},{aoi},Settlement,23,X,X/Settlement/23,{name}"
+        for i, (aoi, name) in enumerate(rows)
     ]
     Path(src, worldstrat.SPLIT_FILE).write_text("\n".join(split) + "\n")
 
 
 def worldstrat_standin(src, seed: int = 0) -> Path:
-    """Two AOIs (train, val): 12-bit SPOT 1054 px and 8 float32 L2A revisits of about 160 px."""
+    """Two AOIs (train, val): 12-bit SPOT 1054 px and float32 L2A revisits of about 160 px.
+
+    With the published files' quirks: ``metadata.csv`` lists 16 revisits per AOI of which 8 are
+    written (as the Kaggle core release), and the split file repeats the train AOI and lists the
+    val AOI under train as well.
+    """
     rng = np.random.default_rng(seed)
-    splits = {"Landcover-1043": "train", "ASMSpotter-1-1-1": "val"}
+    train, val = "Landcover-1043", "ASMSpotter-1-1-1"
     revisit_dates, highres_dates = {}, {}
-    for aoi in splits:
+    for aoi in (train, val):
         spot = textured(rng, (4, WORLDSTRAT_SPOT_SIDE, WORLDSTRAT_SPOT_SIDE), 900, 300, 32)
         side = int(rng.integers(156, 165))
         revisits = {
@@ -451,13 +533,14 @@ def worldstrat_standin(src, seed: int = 0) -> Path:
         }
         write_worldstrat_aoi(src, aoi, np.clip(spot, 0, 4095).astype(np.uint16), revisits)
         highres = date(2019, 3, 1) + timedelta(days=int(rng.integers(0, 200)))
-        offsets = np.sort(rng.choice(np.arange(-60, 61), WORLDSTRAT_REVISITS, replace=False))
+        offsets = rng.choice(np.arange(-60, 61), WORLDSTRAT_LISTED_REVISITS, replace=False)
         revisit_dates[aoi] = {
-            n: (highres + timedelta(days=int(o))).isoformat()
-            for n, o in zip(revisits, offsets, strict=True)
+            n: (highres + timedelta(days=int(offset))).isoformat()
+            for n, offset in enumerate(np.sort(offsets), start=1)
         }
         highres_dates[aoi] = highres.isoformat()
-    write_worldstrat_tables(src, revisit_dates, highres_dates, splits)
+    split_rows = [(train, "train"), (val, "val"), (train, "train"), (val, "train")]
+    write_worldstrat_tables(src, revisit_dates, highres_dates, split_rows)
     return Path(src) / worldstrat.SPLIT_FILE
 
 

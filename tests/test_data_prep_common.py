@@ -168,6 +168,34 @@ def test_skip_policy_reports_and_drops_items(tmp_path, caplog):
     assert [int(n) for n in info["splits"][0]["shardLengths"]] == [2, 1]
 
 
+def test_skip_policy_never_finishes_a_dataset_without_examples(tmp_path):
+    with pytest.raises(common.EmptyDatasetError, match="all 3 source items were skipped"):
+        common.convert(Toy, ToySource(train=3, bad={0, 1, 2}), tmp_path, ["train"], on_error="skip")
+    assert not (tmp_path / "dataset_info.json").exists()
+    assert not (tmp_path / common.WORK_DIR).exists()  # a rerun reads the sources again
+    # Fixed sources convert on the rerun: no chunk result of the failed run is reused.
+    common.convert(Toy, ToySource(train=3), tmp_path, ["train"], on_error="skip")
+    assert sorted(read_all(tmp_path, "train")) == ["item-0", "item-1", "item-2"]
+
+
+class RepeatingKeys(ToySource):
+    """Items 1 and 2 yield the record key of item 0, as a split listing one AOI twice did."""
+
+    def examples(self, item):
+        for _, example in super().examples(item):
+            yield ("0" if item in (1, 2) else str(item)), example
+
+
+def test_a_repeated_record_key_is_a_source_error_of_its_item(tmp_path, caplog):
+    with pytest.raises(common.SourceError, match="toy item 1: repeated record key 0"):
+        common.convert(Toy, RepeatingKeys(train=4), tmp_path / "stop", ["train"], chunk_size=4)
+    common.convert(
+        Toy, RepeatingKeys(train=4), tmp_path / "skip", ["train"], chunk_size=4, on_error="skip"
+    )
+    assert sorted(read_all(tmp_path / "skip", "train")) == ["item-0", "item-3"]
+    assert "toy item 2: repeated record key 0" in caplog.text
+
+
 def test_resume_after_interruption_redoes_only_unfinished_chunks(tmp_path):
     with pytest.raises(Interrupted):
         common.convert(Toy, ToySource(interrupt_at=3), tmp_path, ["train", "val"])

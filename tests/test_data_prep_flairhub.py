@@ -56,23 +56,22 @@ def patch_files(src, patch, seed, masks, with_s1=True):
     return standins.write_flairhub_patch(src, patch, written), arrays
 
 
+DATE_TABLES = {
+    "aerial": [(P1, "20210715"), (P2, "20210715"), (P3, "20190602")],
+    "s2": [(P1, json.dumps(S2_DATES)), (P2, json.dumps(S2_DATES)), (P3, json.dumps(S2_DATES))],
+    "s1_des": [(P1, json.dumps(S1_DATES)), (P3, json.dumps(S1_DATES))],
+}
+
+
 def write_flairhub(src):
-    """Two train patches (comma CSV) and one val patch (semicolon CSV, as the original's)."""
+    """Two train patches (comma CSV) and one val patch (semicolon CSV, as the original's); dates
+    in the full release's GLOBAL_ALL_MTD."""
     p1, a1 = patch_files(src, P1, 1, [CLEAR, CLOUDY_5PX, CLOUDY_6PX, SNOWY])
     p2, a2 = patch_files(src, P2, 2, ["cloudy, 10 px snow", "cloudy", "cloudy", "cloudy"], False)
     p3, a3 = patch_files(src, P3, 3, [SNOWY] * 4)
     standins.write_flairhub_csv(src / "TRAIN.csv", [p1, p2])
     standins.write_flairhub_csv(src / "VALID.csv", [p3], delimiter=";")
-    s2, s1 = json.dumps(S2_DATES), json.dumps(S1_DATES)
-    standins.write_flairhub_dates(
-        src,
-        {
-            "aerial": [(P1, "20210715"), (P2, "20210715"), (P3, "20190602")],
-            # P2's Sentinel-2 dates are keyed by its ROI, as some loaders expect.
-            "s2": [(P1, s2), ("D006-2020_FF-S1-14", s2), (P3, s2)],
-            "s1_des": [(P1, s1), (P3, s1)],
-        },
-    )
+    standins.write_flairhub_dates(src, DATE_TABLES, layout="release")
     return {P1: a1, P2: a2, P3: a3}
 
 
@@ -175,3 +174,82 @@ def test_clear_dates_threshold_is_95_percent_of_pixels():
     np.testing.assert_array_equal(flairhub.clear_dates(mask), [True, True, False, False])
     mask = mask_series(["cloudy, 10 px snow", "cloudy"]).reshape(2, 2, 10, 10)
     np.testing.assert_array_equal(flairhub.clear_dates(mask), [False, True])
+
+
+EXPECTED_DATES = {  # patch -> dates of aerial (and dem), of every Sentinel-2 step, of Sentinel-1
+    P1: ([196], S2_DAYS, [5, 17, 29]),
+    P2: ([196], S2_DAYS, None),
+    P3: ([153], S2_DAYS, [5, 17, 29]),
+}
+
+
+def assert_dates_of_every_patch(source, aerial_dated=True):
+    for rows in source.rows.values():
+        for row in rows:
+            aerial, s2, s1 = EXPECTED_DATES[row["patch_id"]]
+            np.testing.assert_array_equal(
+                source._aerial_date(row), aerial if aerial_dated else [common.NO_DATE]
+            )
+            np.testing.assert_array_equal(source._dates(row, "s2", 4), s2)
+            if s1 is not None:
+                np.testing.assert_array_equal(source._dates(row, "s1_des", 3), s1)
+
+
+@pytest.mark.parametrize("layout", sorted(standins.FLAIRHUB_DATE_LAYOUTS))
+def test_every_published_metadata_layout_gives_the_same_dates(converted, tmp_path, layout):
+    """release: GLOBAL_ALL_MTD/GLOBAL_SENTINEL2_MTD_DATES.gpkg ...; original: the names the
+    original RAMEN code asks for (GLOBAL_SENTINEL2_TS_MTD_DATES.gpkg ...); toy: one
+    <DOMAIN-YEAR>_ALL_MTD folder per domain, Sentinel dates keyed by zone_id."""
+    src = converted[0]
+    standins.write_flairhub_dates(tmp_path, DATE_TABLES, layout=layout)
+    split_files = {"train": src / "TRAIN.csv", "val": src / "VALID.csv"}
+    assert_dates_of_every_patch(flairhub.FlairHubSource(src, split_files, metadata_dir=tmp_path))
+
+
+def test_dates_files_can_be_named_and_mixed_across_layouts(converted, tmp_path):
+    src = converted[0]
+    standins.write_flairhub_dates(tmp_path / "a", {"aerial": DATE_TABLES["aerial"]}, "original")
+    standins.write_flairhub_dates(tmp_path / "b", DATE_TABLES, "toy")
+    named = {
+        "aerial": [tmp_path / "a/GLOBAL_ALL_MTD/GLOBAL_AERIAL_RGBI_MTD_DATES.gpkg"],
+        "s2": sorted((tmp_path / "b").glob("*_ALL_MTD/*_SENTINEL2_MTD_DATES.gpkg")),
+        "s1_des": sorted((tmp_path / "b").glob("*_ALL_MTD/*_SENTINEL1-DESC_MTD_DATES.gpkg")),
+    }
+    assert len(named["s2"]) == 2  # D006-2020 and D012-2019
+    split_files = {"train": src / "TRAIN.csv", "val": src / "VALID.csv"}
+    nowhere = tmp_path / "empty"
+    source = flairhub.FlairHubSource(src, split_files, metadata_dir=nowhere, date_files=named)
+    assert_dates_of_every_patch(source)
+
+
+def test_toy_layout_converts_with_metadata_dir_flag(converted, tmp_path):
+    src = converted[0]
+    standins.write_flairhub_dates(tmp_path / "mtd", DATE_TABLES, layout="toy")
+    assert convert(src, tmp_path / "out", "--metadata-dir", str(tmp_path / "mtd")) == 0
+    records = {**read(tmp_path / "out", "train"), **read(tmp_path / "out", "val")}
+    np.testing.assert_array_equal(records[P1]["s2_dates"], S2_DAYS[:2])
+    np.testing.assert_array_equal(records[P1]["s1_des_dates"], [5, 17, 29])
+    np.testing.assert_array_equal(records[P3]["dem_dates"], [153])
+
+
+def test_sentinel_dates_alone_are_enough_as_for_ignfs_loader(converted, tmp_path, caplog):
+    src = converted[0]
+    sentinel_only = {name: DATE_TABLES[name] for name in ("s2", "s1_des")}
+    standins.write_flairhub_dates(tmp_path / "mtd", sentinel_only, layout="release")
+    out = tmp_path / "out"
+    assert convert(src, out, "--metadata-dir", str(tmp_path / "mtd")) == 0
+    records = read(out, "train")
+    np.testing.assert_array_equal(records[P1]["aerial_dates"], [common.NO_DATE])
+    np.testing.assert_array_equal(records[P1]["dem_dates"], [common.NO_DATE])
+    np.testing.assert_array_equal(records[P1]["s2_dates"], S2_DAYS[:2])
+    assert "no aerial date GeoPackage under" in caplog.text
+
+
+def test_missing_sentinel_dates_stop_at_start_naming_the_file(converted, tmp_path, caplog):
+    src = converted[0]
+    standins.write_flairhub_dates(tmp_path / "mtd", {"aerial": DATE_TABLES["aerial"]})
+    assert convert(src, tmp_path / "out", "--metadata-dir", str(tmp_path / "mtd")) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    expected = tmp_path / "mtd" / "GLOBAL_ALL_MTD" / "GLOBAL_SENTINEL2_MTD_DATES.gpkg"
+    assert len(errors) == 1 and f"{expected}: missing" in errors[0]
+    assert "--dates-file s2=GPKG" in errors[0]

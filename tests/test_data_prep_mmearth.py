@@ -3,12 +3,15 @@
 The layout comes from ``data_prep.standins.write_mmearth`` (as MMEarth-data's
 ``convert_to_h5.py``: gzip, one row per HDF5 chunk): datasets ``sentinel2`` uint16
 [N, 13, 64, 64] (B8A before B8, zeros in B10 for L2A), ``sentinel1`` float32 [N, 8, 64, 64]
-(-inf for a missing orbit), ``aster`` int16 [N, 2, 64, 64], ``biome`` uint8 one-hot [N, 14],
-``metadata`` compound (tile_id S100, S2_type S10), the release's other datasets and json
-sidecars. Values must round-trip exactly; statistics are compared with numpy at rtol 1e-9.
+(-inf for a band not acquired: HH HV of most acquired orbits, every band of a missing orbit),
+``aster`` int16 [N, 2, 64, 64], ``biome`` uint8 one-hot [N, 14], ``metadata`` compound (tile_id
+S100, S2_type S10), the release's other datasets and json sidecars (``_tile_info.json`` keyed by
+tile id, with ``S2_DATE``). Values must round-trip exactly; statistics are compared with numpy at
+rtol 1e-9.
 """
 
 import json
+import logging
 
 import h5py
 import numpy as np
@@ -30,13 +33,21 @@ def write_mmearth(directory, rows=ROWS, with_s2_type=True):
     arrays["biome"] = np.zeros((rows, 14), np.uint8)
     arrays["biome"][np.arange(rows), np.arange(rows) % 2 * 5] = 1  # biomes 0 and 5
     s2_types = ["l2a" if row in L2A_ROWS else "l1c" for row in range(rows)]
+    s2_dates = standins.mmearth_s2_dates(rows, seed=7)
     path = standins.write_mmearth(
         directory,
         arrays,
         [f"tile_{row:03d}" for row in range(rows)],
         s2_types=s2_types if with_s2_type else None,
+        s2_dates=s2_dates,
     )
-    return path, {"s2": arrays["sentinel2"], "s1": arrays["sentinel1"], "aster": arrays["aster"]}
+    days = [day.timetuple().tm_yday for day in s2_dates]
+    return path, {
+        "s2": arrays["sentinel2"],
+        "s1": arrays["sentinel1"],
+        "aster": arrays["aster"],
+        "s2_days": days,
+    }
 
 
 def convert(src, out, *extra):
@@ -64,7 +75,8 @@ def test_records_hold_the_h5_rows(tmp_path):
         np.testing.assert_array_equal(record["s1"][0], data["s1"][row].transpose(1, 2, 0))
         np.testing.assert_array_equal(record["dem"][0], data["aster"][row].transpose(1, 2, 0))
         assert record["s1"].dtype == np.float32 and record["dem"].dtype == np.int16
-        for name in ("s2", "s1", "dem"):
+        np.testing.assert_array_equal(record["s2_dates"], [data["s2_days"][row]])
+        for name in ("s1", "dem"):  # not recorded in the release
             np.testing.assert_array_equal(record[name + "_dates"], np.array([1], np.int32))
         assert record["s2_product"].decode() == ("l2a" if row in L2A_ROWS else "l1c")
         assert record["biome"] == row % 2 * 5
@@ -97,9 +109,10 @@ def test_statistics_keep_l1c_and_l2a_apart(tmp_path):
     assert not np.any(np.asarray(stats["s2_l2a"]["mean"])[10])
     s1 = data["s1"][train_rows].transpose(1, 0, 2, 3).reshape(8, -1).astype(float)
     for channel in range(8):
-        finite = s1[channel][np.isfinite(s1[channel])]
-        assert stats["s1"]["mean"][channel] == pytest.approx(finite.mean(), rel=1e-9)
-        assert stats["s1"]["std"][channel] == pytest.approx(finite.std(), rel=1e-9)
+        finite = s1[channel][np.isfinite(s1[channel])]  # -inf: band not acquired
+        mean, std = (finite.mean(), finite.std()) if finite.size else (0.0, 1.0)
+        assert stats["s1"]["mean"][channel] == pytest.approx(mean, rel=1e-9)
+        assert stats["s1"]["std"][channel] == pytest.approx(std, rel=1e-9)
 
 
 def test_default_split_is_stratified_by_biome_and_deterministic(tmp_path):
@@ -147,3 +160,35 @@ def test_corrupt_row_stops_or_is_skipped(tmp_path, caplog):
     assert f"{path} row 5" in caplog.text
     ids = sorted(record["id"].decode() for record in records(tmp_path / "skip", "train"))
     assert ids == [f"tile_{row:03d}" for row in range(ROWS) if row != 5]
+
+
+def test_s2_dates_come_from_the_tile_info_file(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="data_prep")
+    _, data = write_mmearth(tmp_path)
+    info_path = tmp_path / f"{standins.MMEARTH_NAME}_tile_info.json"
+    info = json.loads(info_path.read_text())
+    # The release's tile_info (as read by TorchGeo's MMEarth) is keyed by tile id.
+    assert info["tile_003"]["S2_DATE"] == standins.mmearth_s2_dates(ROWS, seed=7)[3].isoformat()
+    split_file = tmp_path / "splits.json"
+    split_file.write_text(json.dumps({"train": list(range(ROWS))}))
+    args = ("--split-file", str(split_file), "--splits", "train")
+    assert convert(tmp_path, tmp_path / "out", *args) == 0
+    days = {r["id"].decode(): r["s2_dates"].tolist() for r in records(tmp_path / "out", "train")}
+    assert days == {f"tile_{row:03d}": [data["s2_days"][row]] for row in range(ROWS)}
+    assert f"mmearth: S2 dates of {ROWS} tiles from {info_path}" in caplog.text
+
+    # --tile-info names the file; a tile it lacks is an error of that tile.
+    moved = tmp_path / "elsewhere.json"
+    del info["tile_005"]
+    moved.write_text(json.dumps(info, indent=4))
+    info_path.unlink()
+    out = tmp_path / "moved"
+    assert convert(tmp_path, out, *args, "--tile-info", str(moved), "--on-error", "skip") == 0
+    assert len(records(out, "train")) == ROWS - 1
+    assert f"{moved}: no entry for tile tile_005" in caplog.text
+
+    # Without any tile_info file every date is 1, said once.
+    caplog.clear()
+    assert convert(tmp_path, tmp_path / "undated", *args) == 0
+    assert all(r["s2_dates"].tolist() == [1] for r in records(tmp_path / "undated", "train"))
+    assert caplog.text.count("every date is stored as 1") == 1

@@ -9,6 +9,7 @@ tiles must match exactly; Sentinel-2 tiles match PyTorch's bilinear ``F.interpol
 """
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -116,24 +117,139 @@ def test_statistics_cover_the_train_tiles(converted):
 
 def test_bad_sources_stop_or_are_skipped(tmp_path, caplog):
     write_worldstrat(tmp_path)
-    missing = (
+    corrupt = (
         tmp_path
         / "lr_dataset"
         / "Amnesty POI-12-3-1"
         / "L2A"
         / "Amnesty POI-12-3-1-2-L2A_data.tiff"
     )
-    missing.unlink()
+    corrupt.write_bytes(b"II*\x00 truncated")  # a present but unreadable revisit is an error
     assert worldstrat.main(["--src", str(tmp_path), "--out", str(tmp_path / "stop")]) == 1
-    assert str(missing) in caplog.text
+    assert str(corrupt) in caplog.text
     small = tmp_path / "hr_dataset" / "UNHCR-SSDs008823" / "UNHCR-SSDs008823_ps.tiff"
     standins.write_geotiff(small, np.zeros((4, 1000, 1000), np.uint16), 1.5, standins.UTM_33N)
     caplog.clear()
     args = ["--src", str(tmp_path), "--out", str(tmp_path / "skip"), "--on-error", "skip"]
     assert worldstrat.main([*args, "--splits", "train,val,test"]) == 0
-    assert str(missing) in caplog.text and f"{small}: shape (4, 1000, 1000)" in caplog.text
+    assert str(corrupt) in caplog.text and f"{small}: shape (4, 1000, 1000)" in caplog.text
     # Only the test AOI was readable: the other splits are left out, and so are statistics.
     info = json.loads((tmp_path / "skip" / "dataset_info.json").read_text())
     assert [split["name"] for split in info["splits"]] == ["test"]
     assert len(read(tmp_path / "skip", "test")) == 16
     assert common.load_stats(tmp_path / "skip") == {}
+
+
+# The published split file (worldstrat/worldstrat, pretrained_model/) has 3,928 rows for 3,890
+# AOIs: repeated train rows, and AOIs listed under train and val or train and test.
+PUBLISHED_LIKE_ROWS = [
+    *AOIS.items(),
+    ("Amnesty POI-12-3-1", "train"),  # repeated row
+    ("UNHCR-SSDs008823", "train"),  # also under val
+    ("Landcover-1", "train"),  # also under test
+]
+
+
+def test_split_file_repeats_and_cross_split_rows_are_resolved(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="data_prep")
+    write_worldstrat(tmp_path)
+    standins.write_worldstrat_tables(
+        tmp_path,
+        revisit_dates=dict.fromkeys(AOIS, REVISITS),
+        highres_dates=dict.fromkeys(AOIS, HIGHRES_DATE),
+        splits=PUBLISHED_LIKE_ROWS,
+    )
+    args = ["--src", str(tmp_path), "--out", str(tmp_path / "out"), "--on-error", "skip"]
+    assert worldstrat.main([*args, "--splits", "train,val,test"]) == 0
+    aois = {
+        split: {key.rsplit("_", 2)[0] for key in read(tmp_path / "out", split)}
+        for split in ("train", "val", "test")
+    }
+    assert aois == {
+        "train": {"Amnesty POI-12-3-1"},
+        "val": {"UNHCR-SSDs008823"},
+        "test": {"Landcover-1"},
+    }
+    assert len(read(tmp_path / "out", "train")) == 16  # the repeated row gives no second copy
+    assert (
+        "6 rows, 3 AOIs; 1 repeated rows dropped; 2 AOIs listed under several splits kept in the "
+        "held-out one only (train+test: 1, train+val: 1)" in caplog.text
+    )
+
+
+def test_an_aoi_in_several_splits_stays_in_the_first_held_out_split(tmp_path):
+    rows = [
+        ("a", "train"),
+        ("a", "val"),
+        ("b", "val"),
+        ("b", "test"),
+        ("c", "train"),
+        ("c", "extra"),
+        ("d", "train"),
+        ("d", "train"),
+        ("e", "test"),
+        ("e", "train"),
+    ]
+    standins.write_worldstrat_tables(tmp_path, {}, {}, rows)
+    splits = worldstrat.read_split_file(tmp_path / worldstrat.SPLIT_FILE)
+    assert {name: sorted(aois) for name, aois in splits.items()} == {
+        "val": ["a"],
+        "test": ["b", "e"],
+        "extra": ["c"],
+        "train": ["d"],
+    }
+
+
+def test_listed_revisits_without_files_are_skipped_and_counted(tmp_path, caplog):
+    """metadata.csv lists 5 revisits per AOI, 3 are shipped; Landcover-1 ships none."""
+    caplog.set_level(logging.INFO, logger="data_prep")
+    write_worldstrat(tmp_path)
+    listed = {**REVISITS, 4: "2019-06-01", 5: "2019-06-11"}
+    standins.write_worldstrat_tables(
+        tmp_path,
+        revisit_dates=dict.fromkeys(AOIS, listed),
+        highres_dates=dict.fromkeys(AOIS, HIGHRES_DATE),
+        splits=AOIS,
+    )
+    no_revisits = tmp_path / "lr_dataset" / "Landcover-1" / "L2A"
+    for path in no_revisits.iterdir():
+        path.unlink()
+    args = ["--src", str(tmp_path), "--on-error", "skip", "--splits", "train,val,test"]
+    assert worldstrat.main([*args, "--out", str(tmp_path / "skip")]) == 0
+    train = read(tmp_path / "skip", "train")
+    assert len(train) == 16 and len(read(tmp_path / "skip", "val")) == 16
+    for record in train.values():
+        assert record["s2"].shape == (3, 39, 39, 12)
+        np.testing.assert_array_equal(record["s2_dates"], [92, 117, 140])
+    info = json.loads((tmp_path / "skip" / "dataset_info.json").read_text())
+    assert [split["name"] for split in info["splits"]] == ["train", "val"]
+    log = caplog.text
+    assert "worldstrat train: 1 AOIs; 2 of 5 revisits listed in metadata.csv are absent" in log
+    assert "worldstrat test: 1 AOIs; 5 of 5 revisits listed" in log and "1 lack all" in log
+    assert f"{no_revisits}: none of the 5 revisits metadata.csv lists is present" in log
+
+    # Stop: the AOI without any revisit ends the run, with one line naming its folder.
+    caplog.clear()
+    assert (
+        worldstrat.main(
+            ["--src", str(tmp_path), "--out", str(tmp_path / "stop"), "--splits", "test"]
+        )
+        == 1
+    )
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and str(no_revisits) in errors[0]
+
+
+def test_skip_run_that_keeps_no_aoi_fails_without_finishing(tmp_path, caplog):
+    write_worldstrat(tmp_path)
+    no_revisits = tmp_path / "lr_dataset" / "Landcover-1" / "L2A"
+    for path in no_revisits.iterdir():
+        path.unlink()
+    out = tmp_path / "out"
+    args = ["--src", str(tmp_path), "--out", str(out), "--on-error", "skip", "--splits", "test"]
+    assert worldstrat.main(args) == 1
+    assert not (out / "dataset_info.json").exists() and not list(out.glob("*array_record*"))
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1
+    assert "no examples written, all 1 source items were skipped" in errors[0]
+    assert str(no_revisits) in errors[0]
