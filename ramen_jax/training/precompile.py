@@ -70,7 +70,7 @@ def step_shapes(batches: pipeline.StepBatches) -> list[dict]:
     """One host batch (of this process, arrays abstract) per step signature the run can meet."""
     found = {}
     for index, dataset in enumerate(batches.datasets):
-        rows = dataset.global_batch // batches.process_count
+        rows = len(batches.shards.positions(0, dataset.global_batch))
         for gsd in dataset.gsds:
             for size in range(1, len(dataset.specs) + 1):
                 for kept in itertools.combinations(range(len(dataset.specs)), size):
@@ -107,8 +107,7 @@ def compile_all(trainer, checkpointer, *, previews: bool) -> str:
         trainer.datasets,
         seed=trainer.config.seed,
         mask_ratio=trainer.model_config.mask_ratio,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+        shards=sharding.process_batch_shards(trainer.mesh, trainer.rules),
     )
     state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),

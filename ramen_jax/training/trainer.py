@@ -311,6 +311,7 @@ class Trainer:
         )
         signals = host_sync.StopSignals().__enter__()
         saved_step = start if restored is not None else None
+        shapes_run: set = set()  # this run's step shapes so far: alike on every host
         pending: list = []
         compiles = compile_stats.counter()
 
@@ -345,7 +346,8 @@ class Trainer:
             for step in range(start, config.total_steps):
                 host_batch = next(iterator)
                 signature = pipeline.signature(host_batch)
-                new_shape = signature not in self.compiled_signatures
+                new_shape = signature not in shapes_run
+                shapes_run.add(signature)
                 if sync.due(step, new_shape) and sync.exchange(
                     step,
                     host_sync.signature_digest(signature),
