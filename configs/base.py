@@ -199,6 +199,9 @@ def get_config(arg=None):
     c.init_from = ""
     c.log_every_steps = 50
     c.preview_every_steps = 2000
+    # A workdir URL (gs://...) gets metrics.jsonl and TensorBoard events at a logged step at
+    # most this often, and at the end (ramen_jax/training/reporting.py).
+    c.workdir_sync_seconds = 30.0
     c.compilation_cache_dir = ""
     # XLA:CPU maps every compiled program into the process; at most this many mappings (0: the
     # host's vm.max_map_count on CPU, no limit elsewhere), least recently used steps dropped.

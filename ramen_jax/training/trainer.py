@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import re
 import signal
 
@@ -22,6 +21,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from ramen_jax import storage
 from ramen_jax.data import pipeline
 from ramen_jax.model import loss as loss_lib
 from ramen_jax.model import state as state_lib
@@ -234,7 +234,7 @@ class Trainer:
 
     def run(self) -> step_lib.TrainState:
         config, workdir = self.config, self.workdir
-        reporter = reporting.Reporter(workdir, config.total_steps, 0)
+        reporter = reporting.Reporter(workdir, config.total_steps, 0, config.workdir_sync_seconds)
         ckpt = checkpointing.Checkpointer(workdir, **config.checkpoint)
         latest = ckpt.latest_step()
         if latest is not None:
@@ -341,7 +341,7 @@ class Trainer:
             recon = {k: np.asarray(jax.device_get(v)) for k, v in recon.items()}
             hidden = {k: np.asarray(jax.device_get(v)) for k, v in hidden.items()}
             previews.write_previews(
-                os.path.join(self.workdir, "previews"),
+                storage.join(self.workdir, "previews"),
                 step,
                 self.specs[host_batch["dataset"]],
                 host_batch,
@@ -351,8 +351,7 @@ class Trainer:
 
 
 def train_and_evaluate(config, workdir: str) -> step_lib.TrainState:
-    if "://" not in workdir:
-        os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     if config.get("compilation_cache_dir"):
         jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
