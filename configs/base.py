@@ -163,6 +163,9 @@ def get_config(arg=None):
     # "mask": padded time slots are masked out of every statistic and softmax; "original":
     # they take part as zero frames dated 0, as the original's collate function makes them.
     c.data.time_padding = "mask"
+    # A records source at a URL (gs://...) is copied here first, once per host, and reused on
+    # restart (ramen_jax/data/staging.py); mount larger-than-disk datasets and give the path.
+    c.data.cache_dir = "~/.cache/ramen_jax/datasets"
 
     c.optim = ml_collections.ConfigDict(
         {
