@@ -122,7 +122,10 @@ def append_bytes(path, data: bytes) -> None:
         try:
             fs.merge(key, [key, part])
         finally:
-            fs.rm_file(part)
+            # Once composed the data is in; failing to delete the part must not make a caller
+            # append it again.
+            with contextlib.suppress(Exception):
+                fs.rm_file(part)
     else:
         fs.pipe_file(key, fs.cat_file(key) + data)
 
@@ -244,11 +247,14 @@ class AppendMirror:
             self._synced[relative] = done + len(data)
 
     def close(self) -> None:
-        """Last sync, then the local copy goes."""
+        """Last sync, then the local copy goes; if the sync fails the local copy stays (the
+        error says where) and the error is raised."""
         try:
             self.sync()
-        finally:
-            shutil.rmtree(self.local_dir, ignore_errors=True)
+        except Exception as e:
+            message = f"{self.remote_dir} not updated; the files are in {self.local_dir}: {e}"
+            raise OSError(message) from e
+        shutil.rmtree(self.local_dir, ignore_errors=True)
 
 
 class _OncePerMessage(logging.Filter):

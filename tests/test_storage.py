@@ -142,6 +142,36 @@ def test_reporter_in_a_bucket_workdir_and_a_resumed_run_appends(gcs_bucket):
     assert sum(event_records(files[name]) for name in events) == (1 + 3 * 5) + (1 + 2 * 5)
 
 
+def test_a_failed_sync_is_retried_and_a_failed_last_one_keeps_the_files(
+    gcs_bucket, monkeypatch, caplog
+):
+    workdir = f"{gcs_bucket}/run"
+    reporter = reporting.Reporter(workdir, 5, 0, sync_seconds=0)
+    real_append, bucket_down = storage.append_bytes, [True]
+
+    def flaky_append(path, data):
+        if bucket_down[0]:
+            raise OSError("bucket unreachable")
+        real_append(path, data)
+
+    monkeypatch.setattr(storage, "append_bytes", flaky_append)
+    _log(reporter, 1)  # the sync fails: a warning, and the run goes on
+    assert "metrics not copied to" in caplog.text and "metrics.jsonl" not in bucket_files(workdir)
+    bucket_down[0] = False
+    _log(reporter, 2)
+    steps = [
+        json.loads(line)["step"] for line in bucket_files(workdir)["metrics.jsonl"].splitlines()
+    ]
+    assert steps == [1, 2]
+    bucket_down[0] = True
+    _log(reporter, 3)
+    reporter.close()  # the last sync fails: the local files stay, the warning says where
+    local_dir = reporter.mirror.local_dir
+    assert f"the files are in {local_dir}" in caplog.text
+    with open(os.path.join(local_dir, "metrics.jsonl")) as f:
+        assert [json.loads(line)["step"] for line in f] == [1, 2, 3]
+
+
 def test_repeated_gcsfs_warnings_are_shown_once(caplog):
     caplog.set_level(logging.WARNING)
     gcsfs_logger = logging.getLogger("gcsfs")

@@ -9,7 +9,10 @@ the whole event file at every flush. So both files are written in a local direct
 appended to their objects (``storage.AppendMirror``: a GCS compose of the new bytes, whose cost
 does not grow with the run) at a logged step once ``sync_seconds`` have passed since the last
 sync, and at ``close``. A run killed in between loses at most that many seconds of log lines;
-its checkpoints are unaffected, and a resumed run appends its lines to the same objects.
+its checkpoints are unaffected, and a resumed run appends its lines to the same objects. A sync
+that fails is logged and retried at the next one (the lines wait in the local files): logs do
+not stop a run that can still train; if the last one fails the local directory is kept and
+named in the warning.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import time
 
 import jax
 import numpy as np
+from absl import logging
 
 from ramen_jax import storage
 
@@ -66,6 +70,7 @@ def _duration(seconds: float) -> str:
 class Reporter:
     def __init__(self, workdir: str, total_steps: int, start_step: int, sync_seconds: float = 0.0):
         self.enabled = jax.process_index() == 0
+        self.workdir = workdir
         self.total_steps = total_steps
         self.last_time = time.time()
         self.last_step = start_step
@@ -111,7 +116,12 @@ class Reporter:
         self.jsonl.flush()
         if self.mirror is not None and time.monotonic() - self.last_sync >= self.sync_seconds:
             self.writer.flush()
-            self.mirror.sync()
+            try:
+                self.mirror.sync()
+            except Exception as e:  # gcsfs raises HTTP and aiohttp errors, not only OSError
+                # The lines stay in the local files: the next sync sends them. Logs must not
+                # stop a run that can still train and save checkpoints.
+                logging.warning("metrics not copied to %s yet (%s); retrying", self.workdir, e)
             self.last_sync = time.monotonic()
 
     def message(self, text: str) -> None:
@@ -123,4 +133,7 @@ class Reporter:
             self.writer.close()
             self.jsonl.close()
             if self.mirror is not None:
-                self.mirror.close()
+                try:
+                    self.mirror.close()
+                except OSError as e:  # the run itself is over: say where its logs are
+                    logging.warning("%s", e)
