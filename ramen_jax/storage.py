@@ -1,5 +1,5 @@
-"""Local paths and bucket URLs (``gs://``, ``s3://``, ``az://``, ``hf://``) through one set of
-helpers.
+"""One set of file helpers for local paths and bucket URLs (``gs://`` and the other schemes epath
+knows: ``s3://``, ``az://``, ``hf://``, each with its fsspec package; only ``gs://`` is tested).
 
 Files a run, a conversion, an encoding or an evaluation reads or writes go through
 ``etils.epath``, the path layer Orbax itself uses: a URL reaches its store through fsspec
