@@ -10,6 +10,7 @@ must append to them. Warnings gcsfs repeats at every operation must be shown onc
 import json
 import logging
 import os
+import shutil
 import struct
 
 import pytest
@@ -170,6 +171,7 @@ def test_a_failed_sync_is_retried_and_a_failed_last_one_keeps_the_files(
     assert f"the files are in {local_dir}" in caplog.text
     with open(os.path.join(local_dir, "metrics.jsonl")) as f:
         assert [json.loads(line)["step"] for line in f] == [1, 2, 3]
+    shutil.rmtree(local_dir)
 
 
 def test_repeated_gcsfs_warnings_are_shown_once(caplog):
