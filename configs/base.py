@@ -163,6 +163,9 @@ def get_config(arg=None):
     # "mask": padded time slots are masked out of every statistic and softmax; "original":
     # they take part as zero frames dated 0, as the original's collate function makes them.
     c.data.time_padding = "mask"
+    # A records source at a URL (gs://...) is copied here first, once per host, and reused on
+    # restart (ramen_jax/data/staging.py); mount larger-than-disk datasets and give the path.
+    c.data.cache_dir = "~/.cache/ramen_jax/datasets"
 
     c.optim = ml_collections.ConfigDict(
         {
@@ -203,6 +206,9 @@ def get_config(arg=None):
     c.init_from = ""
     c.log_every_steps = 50
     c.preview_every_steps = 2000
+    # A workdir URL (gs://...) gets metrics.jsonl and TensorBoard events at a logged step at
+    # most this often, and at the end (ramen_jax/training/reporting.py).
+    c.workdir_sync_seconds = 30.0
     # Persistent XLA cache: "" = JAX's configured one, else WORKDIR/compilation_cache; a path
     # (local or gs://); "off".
     c.compilation_cache_dir = ""

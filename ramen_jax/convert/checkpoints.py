@@ -12,20 +12,22 @@
   the decoder or the optimiser moments, so a large run's checkpoint loads in a fraction of its
   size. The model config comes from ``meta["model_config"]``.
 
-Both give host NumPy trees with the key structure of ``state.split_model``'s ``encoder``
-subtree (Orbax stores the block indices as strings; they are turned back into ints and every
-key and shape is checked against the config, with ``model_io``'s helpers).
+Either may be a URL (``gs://...``). Both give host NumPy trees with the key structure of
+``state.split_model``'s ``encoder`` subtree (Orbax stores the block indices as strings; they
+are turned back into ints and every key and shape is checked against the config, with
+``model_io``'s helpers).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
+from ramen_jax import storage
 from ramen_jax.convert import model_io
 from ramen_jax.model.mae import ModelConfig
 
@@ -44,7 +46,7 @@ class EncoderWeights:
     source: str  # human-readable origin, for logs and output metadata
 
 
-def _from_model_directory(directory: pathlib.Path) -> EncoderWeights:
+def _from_model_directory(directory: epath.Path) -> EncoderWeights:
     config, params, batch_stats, _ = model_io.load_model(directory)
     return EncoderWeights(
         config,
@@ -67,7 +69,7 @@ def _training_step(manager: ocp.CheckpointManager, workdir, step: int | None) ->
     return step
 
 
-def _restore_model_state(path: pathlib.Path, encoder_only: bool = True) -> tuple[dict, dict]:
+def _restore_model_state(path: epath.Path, encoder_only: bool = True) -> tuple[dict, dict]:
     """Partial restore of ``params`` and ``batch_stats`` (only their ``encoder`` subtrees with
     ``encoder_only``; never the optimiser moments) as NumPy arrays."""
     checkpointer = ocp.PyTreeCheckpointer()
@@ -96,7 +98,7 @@ def _restore_model_state(path: pathlib.Path, encoder_only: bool = True) -> tuple
     return restored["params"], restored.get("batch_stats", {ENCODER: {}})
 
 
-def _training_checkpoint(workdir: pathlib.Path, step: int | None) -> tuple[ModelConfig, int]:
+def _training_checkpoint(workdir: epath.Path, step: int | None) -> tuple[ModelConfig, int]:
     """The model config and step of a training workdir's checkpoint (latest by default)."""
     manager = ocp.CheckpointManager(workdir / CHECKPOINTS_DIR, item_names=(STATE_ITEM, META_ITEM))
     try:
@@ -113,7 +115,7 @@ def _training_checkpoint(workdir: pathlib.Path, step: int | None) -> tuple[Model
 
 
 def _from_training_workdir(
-    workdir: pathlib.Path, step: int | None, encoder_only: bool = True
+    workdir: epath.Path, step: int | None, encoder_only: bool = True
 ) -> tuple[EncoderWeights, bool]:
     config, step = _training_checkpoint(workdir, step)
     params, batch_stats = _restore_model_state(
@@ -130,7 +132,7 @@ def _from_training_workdir(
 
 def load_encoder_weights(path, step: int | None = None) -> EncoderWeights:
     """Encoder weights from a model directory or a training workdir (see module docstring)."""
-    path = pathlib.Path(path).absolute()
+    path = storage.absolute(path)
     if not path.exists():
         raise model_io.ModelCheckpointError(f"checkpoint {path} does not exist")
     if (path / model_io.CONFIG_FILE).is_file():
@@ -151,7 +153,7 @@ def load_model_weights(path, step: int | None = None) -> tuple[ModelConfig, dict
     """The whole model (encoder, and decoder where stored) from a model directory or a training
     workdir, as ``model_io.load_model`` returns it: ``(config, params, batch_stats,
     has_decoder)``. ``python -m ramen_jax.convert to-torch`` reads its source with this."""
-    path = pathlib.Path(path).absolute()
+    path = storage.absolute(path)
     if (path / CHECKPOINTS_DIR).is_dir() and not (path / model_io.CONFIG_FILE).is_file():
         weights, has_decoder = _from_training_workdir(path, step, encoder_only=False)
         return weights.config, weights.params, weights.batch_stats, has_decoder

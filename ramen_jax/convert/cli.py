@@ -8,7 +8,7 @@
                                          [--step N] [--overwrite]
 
 ``SRC_DIR`` of ``to-torch`` is a model directory or a training workdir (its latest checkpoint,
-or ``--step``).
+or ``--step``). Every path may be a URL (``gs://BUCKET/...``).
 
 Each prints one summary line. Bad input ends with exit status 1 and a one-line ``error: ...``
 on stderr (no traceback); usage errors exit with 2 (argparse). See docs/convert.md.
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 import sys
 
+from ramen_jax import storage
 from ramen_jax.convert import checkpoints, mapping, model_io, torch_io
 from ramen_jax.model.mae import ModelConfig
 
@@ -45,8 +45,8 @@ def _parser() -> argparse.ArgumentParser:
         "model.decoder.) checkpoint, infers the architecture from the tensor shapes and writes "
         "a ramen_jax model directory (model_config.json + Orbax state).",
     )
-    src.add_argument("src", metavar="SRC.ckpt", type=pathlib.Path)
-    src.add_argument("dst", metavar="DST_DIR", type=pathlib.Path)
+    src.add_argument("src", metavar="SRC.ckpt", type=storage.as_path)
+    src.add_argument("dst", metavar="DST_DIR", type=storage.as_path)
     src.add_argument(
         "--num-heads",
         type=int,
@@ -70,11 +70,11 @@ def _parser() -> argparse.ArgumentParser:
         "(model.encoder./model.decoder.) needs a decoder. SRC_DIR is a model directory "
         "(from-torch output) or a training workdir (python -m ramen_jax.train).",
     )
-    dst.add_argument("src", metavar="SRC_DIR", type=pathlib.Path)
+    dst.add_argument("src", metavar="SRC_DIR", type=storage.as_path)
     dst.add_argument(
         "--step", type=int, help="checkpoint step of a training workdir (default: the latest)"
     )
-    dst.add_argument("dst", metavar="DST.ckpt", type=pathlib.Path)
+    dst.add_argument("dst", metavar="DST.ckpt", type=storage.as_path)
     dst.add_argument("--format", choices=torch_io.FORMATS, default="released")
     dst.add_argument("--overwrite", action="store_true", help="replace an existing DST.ckpt")
     return parser
@@ -85,7 +85,7 @@ def _extra_config(text: str | None) -> dict:
         return {}
     source = "--config"
     if not text.lstrip().startswith("{"):
-        path = pathlib.Path(text)
+        path = storage.as_path(text)
         if not path.is_file():
             raise torch_io.TorchCheckpointError(f"--config file {path} does not exist")
         text, source = path.read_text(), str(path)

@@ -11,7 +11,8 @@ e.g. from the released PyTorch weights, holds only their ``encoder`` subtrees). 
 written as host NumPy arrays and restored as NumPy arrays whatever the writer's or the
 reader's device count; callers place them on devices themselves. Orbax stores dict keys as
 strings, so the block indices (int keys) are restored by walking the tree the config implies,
-which also checks every key, shape and dtype.
+which also checks every key, shape and dtype. ``DIR`` may be a URL (``gs://...``): paths are
+``etils.epath`` paths, as Orbax's own.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import pathlib
-import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
+from ramen_jax import storage
 from ramen_jax.model import state as state_lib
 from ramen_jax.model.mae import ModelConfig
 
@@ -83,7 +84,7 @@ def expected_trees(config: ModelConfig, has_decoder: bool) -> tuple[dict, dict]:
 
 
 def read_model_config(directory) -> tuple[ModelConfig, bool]:
-    directory = pathlib.Path(directory)
+    directory = storage.as_path(directory)
     if not directory.exists():
         raise ModelCheckpointError(f"model checkpoint directory {directory} does not exist")
     if not directory.is_dir():
@@ -146,14 +147,14 @@ def save_model(
     has_decoder: bool = True,
     *,
     overwrite: bool = False,
-) -> pathlib.Path:
+) -> epath.Path:
     """Writes a model checkpoint directory; returns its path.
 
     ``params`` / ``batch_stats`` are the nested dicts of ``state.split_model`` (only their
     ``encoder`` subtrees when ``has_decoder`` is False). Arrays are fetched to the host first.
     An existing checkpoint in ``directory`` is replaced only with ``overwrite``.
     """
-    directory = pathlib.Path(directory).absolute()
+    directory = storage.absolute(directory)
     params, batch_stats = jax.device_get((params, batch_stats))
     params = jax.tree.map(np.asarray, params)
     batch_stats = jax.tree.map(np.asarray, batch_stats)
@@ -163,13 +164,14 @@ def save_model(
         if not overwrite:
             raise FileExistsError(f"{directory} already holds a model checkpoint (use overwrite)")
         (directory / CONFIG_FILE).unlink(missing_ok=True)
-        shutil.rmtree(directory / STATE_DIR, ignore_errors=True)
-    directory.mkdir(parents=True, exist_ok=True)
+        if (directory / STATE_DIR).exists():
+            (directory / STATE_DIR).rmtree()
+    storage.makedirs(directory)
     checkpointer = ocp.PyTreeCheckpointer()
     checkpointer.save(directory / STATE_DIR, {"params": params, "batch_stats": batch_stats})
     # The config goes last: a directory with model_config.json holds a complete checkpoint.
     text = json.dumps(config_to_dict(config, has_decoder), indent=2) + "\n"
-    (directory / CONFIG_FILE).write_text(text)
+    storage.write_text(directory / CONFIG_FILE, text)
     return directory
 
 
@@ -186,7 +188,7 @@ def rekey(tree: dict, expected: dict) -> dict:
     return out
 
 
-def _restore(path: pathlib.Path) -> dict:
+def _restore(path: epath.Path) -> dict:
     checkpointer = ocp.PyTreeCheckpointer()
     try:
         metadata = checkpointer.metadata(path).item_metadata.tree
@@ -203,7 +205,7 @@ def load_model(directory) -> tuple[ModelConfig, dict, dict, bool]:
     ``state.split_model`` (int block indices); any missing, extra or mis-shaped entry raises
     ``ModelCheckpointError``.
     """
-    directory = pathlib.Path(directory).absolute()
+    directory = storage.absolute(directory)
     config, has_decoder = read_model_config(directory)
     path = directory / STATE_DIR
     if not path.is_dir():

@@ -15,19 +15,19 @@ counts, which no tensor reveals. Every name is then checked against the inferred
 (``mapping.check_keys``): a missing, unexpected or mis-shaped tensor is an error, never a
 partial load.
 
-torch is imported here only, and only when a file is read or written.
+torch is imported here only, and only when a file is read or written. ``torch.load`` and
+``torch.save`` get a local file: a URL (``gs://...``) is downloaded first, or written locally
+and uploaded (``ramen_jax.storage``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import pathlib
 import re
 
 import numpy as np
 
-from ramen_jax import sensors
+from ramen_jax import sensors, storage
 from ramen_jax.convert import mapping, model_io
 from ramen_jax.model import state as state_lib
 from ramen_jax.model.mae import ModelConfig
@@ -80,23 +80,24 @@ class Converted:
 # ----------------------------------------------------------------------------- reading
 
 
-def _load_pickle(path: pathlib.Path):
+def _load_pickle(path):
     torch = _torch()
     if not path.is_file():
         raise TorchCheckpointError(f"checkpoint file {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises pickle, zip and runtime errors for foreign files
-        hint = ""
-        if "weights_only" in str(e).lower() or "weights only" in str(e).lower():
-            hint = (
-                " (the file holds pickled Python objects; in a trusted environment re-save only "
-                "its tensors: torch.save({'state_dict': ckpt['state_dict']}, path))"
-            )
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TorchCheckpointError(
-            f"cannot read {path} as a PyTorch checkpoint: {first_line}{hint}"
-        ) from e
+    with storage.local_copy(path) as local:
+        try:
+            return torch.load(local, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises pickle, zip and runtime errors for foreign files
+            hint = ""
+            if "weights_only" in str(e).lower() or "weights only" in str(e).lower():
+                hint = (
+                    " (the file holds pickled Python objects; in a trusted environment re-save "
+                    "only its tensors: torch.save({'state_dict': ckpt['state_dict']}, path))"
+                )
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TorchCheckpointError(
+                f"cannot read {path} as a PyTorch checkpoint: {first_line}{hint}"
+            ) from e
 
 
 def _tensor_to_numpy(name: str, value, torch) -> np.ndarray:
@@ -132,7 +133,7 @@ def _mae_name(name: str, fmt: str) -> str:
 def read_state_dict(path) -> tuple[str, dict[str, np.ndarray]]:
     """``(format, {RAMENMAE name: array})`` of a PyTorch checkpoint file, in file order."""
     torch = _torch()
-    path = pathlib.Path(path)
+    path = storage.as_path(path)
     data = _load_pickle(path)
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
@@ -303,7 +304,7 @@ def write_torch_checkpoint(
 ) -> int:
     """Writes ``{"state_dict": ...}`` in ``fmt``; returns the number of tensors."""
     torch = _torch()
-    path = pathlib.Path(path)
+    path = storage.as_path(path)
     if path.is_dir():
         raise TorchCheckpointError(f"{path} is a directory; give a .ckpt file name")
     if path.exists() and not overwrite:
@@ -312,11 +313,7 @@ def write_torch_checkpoint(
         name: torch.from_numpy(value)
         for name, value in torch_names_and_values(params, batch_stats, fmt).items()
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        torch.save({"state_dict": state_dict}, partial)
-        os.replace(partial, path)  # readers never see a half-written file
-    finally:
-        partial.unlink(missing_ok=True)
+    storage.makedirs(path.parent)
+    with storage.local_output(path) as local:  # readers never see a half-written file
+        torch.save({"state_dict": state_dict}, local)
     return len(state_dict)

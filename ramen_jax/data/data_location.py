@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from data_prep import standins
+from ramen_jax import storage
 
 
 class MissingDataError(RuntimeError):
@@ -29,7 +30,7 @@ def locate_data(config, workdir: Path, say) -> dict[str, tuple[str, str]]:
         if source.get("type") != "records":
             say(f"{name}: '{source.get('type')}' source, as configured")
             located[name] = ("configured", str(source.get("type")))
-        elif os.path.exists(source.path):
+        elif storage.as_path(source.path).exists():  # a local path or a URL
             say(f"{name}: real data, converted records at {source.path}")
             located[name] = ("real", os.fspath(source.path))
         else:

@@ -78,7 +78,7 @@ def build_datasets(data_config, batch_shards: int, *, max_buckets: int | None = 
                 gsds=gsds,
                 weight=float(cfg.get("weight", 1.0)),
                 global_batch=int(cfg.per_device_batch) * batch_shards,
-                source=make_source(cfg.source),
+                source=make_source(cfg.source, data_config.get("cache_dir")),
                 buckets=tuple(buckets_lib.choose_buckets(distribution, max_buckets)),
                 grid_pad=buckets_lib.max_grid_side(specs[0], gsds),
             )

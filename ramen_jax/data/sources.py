@@ -10,6 +10,8 @@ picklable so Grain worker processes can hold them. Registered by ``type`` in ``S
   flipped at every draw: an endless stream from a handful of patches;
 - ``records``: a dataset converted by ``data_prep`` (ArrayRecord + ``stats.json``). Statistics
   keyed ``<m>_<product>`` are used when a sample carries ``<m>_product`` (MMEarth L1C / L2A).
+  A URL (``gs://...``) is copied to a local directory under ``cache_dir`` when the source is
+  built, before Grain workers start (``ramen_jax.data.staging``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import os
 
 import numpy as np
 
-from ramen_jax.data import demo
+from ramen_jax import storage
+from ramen_jax.data import demo, staging
 
 
 class SourceConfigError(ValueError):
@@ -65,27 +68,37 @@ class DemoSource:
 
 
 class RecordSource:
-    def __init__(self, path: str, split: str = "train"):
-        self.path = os.fspath(path)
+    takes_cache_dir = True  # make_source passes config.data.cache_dir
+
+    def __init__(self, path: str, split: str = "train", cache_dir: str | None = None):
+        self.path = os.fspath(path)  # as configured, for messages
         self.split = split
+        self.local_path = self.path
+        if storage.is_remote(self.path):
+            try:
+                self.local_path = staging.stage_dataset(self.path, cache_dir)
+            except (staging.StagingError, OSError) as e:
+                raise SourceConfigError(f"dataset {self.path}: {e}") from e
         self._records = None
         self._stats = None
 
     def _open(self):
         if self._records is None:
-            if not os.path.isdir(self.path):
+            if not os.path.isdir(self.local_path):
                 raise SourceConfigError(
                     f"dataset directory {self.path!r} does not exist: convert the dataset with "
                     "python -m data_prep.<name> first (docs/data_prep.md)"
                 )
             from data_prep import common  # the converters' package; TFDS only, no TensorFlow
 
-            self._stats = common.load_stats(self.path)  # first: Grain reads from several threads
-            self._records = common.load_split(self.path, self.split)
+            # stats first: Grain reads from several threads
+            self._stats = common.load_stats(self.local_path)
+            self._records = common.load_split(self.local_path, self.split)
         return self._records
 
     def __getstate__(self):
-        return {"path": self.path, "split": self.split, "_records": None, "_stats": None}
+        state = {"path": self.path, "split": self.split, "local_path": self.local_path}
+        return {**state, "_records": None, "_stats": None}
 
     def __len__(self) -> int:
         return len(self._open())
@@ -116,9 +129,13 @@ class RecordSource:
 SOURCES = {"demo": DemoSource, "records": RecordSource}
 
 
-def make_source(config) -> object:
+def make_source(config, cache_dir: str | None = None) -> object:
+    """The source of one dataset entry; ``cache_dir`` goes to sources that copy remote data."""
     kind = config.get("type")
     if kind not in SOURCES:
         raise SourceConfigError(f"unknown source type {kind!r}; known: {sorted(SOURCES)}")
+    source_class = SOURCES[kind]
     options = {k: v for k, v in dict(config).items() if k != "type"}
-    return SOURCES[kind](**options)
+    if getattr(source_class, "takes_cache_dir", False):
+        options.setdefault("cache_dir", cache_dir)
+    return source_class(**options)

@@ -7,9 +7,12 @@
         [--input s1=s1.tif --sensor s1=sentinel1_asc] [--blocks 3,5,7,11] [--tile 32]
 
 Per output GSD ``G`` it writes ``DIR/gGm_block<b>.tif`` / ``.npy``, ``DIR/gGm_cls.npy`` and
-``DIR/gGm_meta.json`` and prints one summary line. Bad input (unknown sensor or band, band
-count not matching the declared channels, missing file, a modality the model cannot encode, an
-output GSD coarser than the scene...) ends with exit status 1 and one ``error: ...`` line.
+``DIR/gGm_meta.json`` and prints one summary line. ``CKPT``, the inputs, ``--stats`` and ``DIR``
+may be URLs (``gs://...``): inputs are downloaded first, and the outputs are written in a
+temporary directory (memory maps and GeoTIFF writers need local files) and uploaded at the end.
+Bad input (unknown sensor or band, band count not matching the declared channels, missing file,
+a modality the model cannot encode, an output GSD coarser than the scene...) ends with exit
+status 1 and one ``error: ...`` line.
 See docs/encode.md.
 """
 
@@ -24,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import rasterio.errors
 
-from ramen_jax import sensors
+from ramen_jax import sensors, storage
 from ramen_jax.convert.checkpoints import load_encoder_weights
 from ramen_jax.convert.model_io import ModelCheckpointError
 from ramen_jax.encode import geotiff, inputs, scene
@@ -48,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, help="model directory or training workdir")
     p.add_argument("--step", type=int, help="training workdir step (default: latest)")
-    p.add_argument("--out", required=True, type=pathlib.Path, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (or gs://... URL)")
     p.add_argument(
         "--input",
         action="append",
@@ -142,11 +145,13 @@ def _read_inputs(args) -> list[inputs.ModalityInput]:
             dates=listed("dates"),
         )
         gsd = float(options["input_gsd"][name]) if name in options["input_gsd"] else None
-        path = pathlib.Path(path)
+        path = storage.as_path(path)
         if path.suffix.lower() == ".npy":
             if not path.is_file():
                 raise inputs.EncodeError(f"modality {name!r}: input file {path} does not exist")
-            modalities.append(inputs.from_array(name, np.load(path), gsd=gsd, **described))
+            with storage.local_copy(path) as local:
+                array = np.load(local)
+            modalities.append(inputs.from_array(name, array, gsd=gsd, **described))
         else:
             modalities.append(geotiff.read_modality(name, path, gsd=gsd, **described))
     return modalities
@@ -166,32 +171,33 @@ def run(args) -> list[str]:
     encoder = FrozenEncoder(
         load_encoder_weights(args.checkpoint, args.step), dtype=DTYPES[args.dtype]
     )
-    args.out.mkdir(parents=True, exist_ok=True)
     lines = []
-    for gsd in args.gsd:
-        prefix = args.out / f"g{gsd:g}m"
-        start = time.perf_counter()
-        result = scene.encode_scene(
-            encoder,
-            modalities,
-            gsd,
-            blocks=blocks,
-            tile=args.tile,
-            overlap=args.overlap,
-            stats=stats,
-            batch_size=args.batch_size,
-            output=prefix,
-            progress=not args.quiet,
-        )
-        scene.write_outputs(result, prefix, formats)
-        channels, rows, cols = result.maps[0].shape
-        note = "" if result.transform is not None else " (no GeoTIFF: input not georeferenced)"
-        lines.append(
-            f"g={gsd:g} m: {rows} x {cols} px of {result.pixel_size:g} m, {channels} channels "
-            f"({len(modalities)} x {result.embed_dim}), blocks {list(result.blocks)}, "
-            f"{len(result.tile_origins)} tile(s) of {result.tile_size} px, "
-            f"{time.perf_counter() - start:.1f} s -> {prefix}_*{note}"
-        )
+    with storage.local_output_dir(args.out) as out_dir:
+        for gsd in args.gsd:
+            prefix = pathlib.Path(out_dir) / f"g{gsd:g}m"
+            start = time.perf_counter()
+            result = scene.encode_scene(
+                encoder,
+                modalities,
+                gsd,
+                blocks=blocks,
+                tile=args.tile,
+                overlap=args.overlap,
+                stats=stats,
+                batch_size=args.batch_size,
+                output=prefix,
+                progress=not args.quiet,
+            )
+            scene.write_outputs(result, prefix, formats)
+            channels, rows, cols = result.maps[0].shape
+            note = "" if result.transform is not None else " (no GeoTIFF: input not georeferenced)"
+            lines.append(
+                f"g={gsd:g} m: {rows} x {cols} px of {result.pixel_size:g} m, {channels} channels "
+                f"({len(modalities)} x {result.embed_dim}), blocks {list(result.blocks)}, "
+                f"{len(result.tile_origins)} tile(s) of {result.tile_size} px, "
+                f"{time.perf_counter() - start:.1f} s -> {storage.join(args.out, prefix.name)}_*"
+                f"{note}"
+            )
     return lines
 
 

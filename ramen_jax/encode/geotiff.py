@@ -4,7 +4,7 @@ Reading (``read_modality``): one file per modality, all its bands; a time series
 is one file of ``T x C`` bands, date-major (the C channels of date 1, then of date 2, ...).
 Nodata becomes NaN (then 0 after normalisation, as the original does with missing values).
 The file must be north-up with square pixels in a projected CRS (metres): its pixel size is
-the modality's GSD.
+the modality's GSD. A URL (``gs://...``) is downloaded to a temporary file first.
 
 Alignment (``align_to_reference``): the first modality is the *reference*: its footprint is
 the scene. Every other modality is brought onto that footprint at (about) its own GSD, so the
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import pathlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,6 +31,7 @@ import rasterio.warp
 from affine import Affine
 from rasterio.windows import Window
 
+from ramen_jax import storage
 from ramen_jax.encode.inputs import EncodeError, ModalityInput, describe_channels, from_array
 
 WRITE_ROWS = 256
@@ -61,12 +61,12 @@ def read_modality(
     dates: Sequence | None = None,
 ) -> ModalityInput:
     """A ``ModalityInput`` from one GeoTIFF (see module docstring)."""
-    path = pathlib.Path(path)
+    path = storage.as_path(path)
     if not path.is_file():
         raise EncodeError(f"modality {name!r}: input file {path} does not exist")
     _, descriptors, _, band_names = describe_channels(sensor, bands, channels)
     steps = len(dates) if dates else 1
-    with rasterio.open(path) as raster:
+    with storage.local_copy(path) as local, rasterio.open(local) as raster:
         if raster.count != steps * len(descriptors):
             raise EncodeError(
                 f"modality {name!r}: {path.name} has {raster.count} band(s) but "

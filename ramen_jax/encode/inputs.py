@@ -25,12 +25,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import pathlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ramen_jax import sensors
+from ramen_jax import sensors, storage
 from ramen_jax.data.pipeline import normalise
 
 SCENE_STATS = "scene"
@@ -205,8 +204,8 @@ def scene_statistics(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def read_stats_file(path) -> dict:
     """``{name: (mean, std)}`` from a JSON file ``{name: {"mean": [...], "std": [...]}}``
-    (the format of ``data_prep``'s ``stats.json``)."""
-    path = pathlib.Path(path)
+    (the format of ``data_prep``'s ``stats.json``); ``path`` may be a URL."""
+    path = storage.as_path(path)
     if not path.is_file():
         raise EncodeError(f"statistics file {path} does not exist")
     data = json.loads(path.read_text())

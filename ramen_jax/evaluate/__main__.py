@@ -9,23 +9,25 @@
 Writes (``--reports``, default all): ``DIR/curve.csv`` + ``DIR/curve.png`` (label-efficiency
 curve), ``DIR/robustness.csv`` (missing modalities / bands), ``DIR/cost.csv`` (tokens, time
 and metric per output GSD), and ``DIR/run.json`` (settings, data sizes, device, compilations);
-prints each table. Bad input ends with exit status 1 and one ``error: ...`` line. See
-docs/evaluate.md.
+prints each table. ``CKPT``, ``DIR``, ``--data-dir`` and ``--modalities`` may be URLs
+(``gs://...``); a records dataset at a URL is copied to a local cache first
+(``ramen_jax.data.staging``). Bad input ends with exit status 1 and one ``error: ...`` line.
+See docs/evaluate.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 import sys
 import time
 
 import jax
 
-from ramen_jax import sensors
+from ramen_jax import sensors, storage
 from ramen_jax.convert.checkpoints import load_encoder_weights
 from ramen_jax.convert.model_io import ModelCheckpointError
+from ramen_jax.data import staging
 from ramen_jax.data.layout import LayoutError
 from ramen_jax.data.pipeline import BatchError
 from ramen_jax.data.sources import SourceConfigError
@@ -61,14 +63,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, help="model directory or training workdir")
     p.add_argument("--step", type=int, help="training workdir step (default: latest)")
-    p.add_argument("--out", required=True, type=pathlib.Path, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (or gs://... URL)")
     p.add_argument("--reports", default=",".join(REPORTS), help="any of curve,robustness,cost")
     data = p.add_argument_group("data")
     data.add_argument("--data", choices=sorted(datasets.DATASETS), default="demo")
     data.add_argument("--crops-per-patch", type=int, default=32, help="demo: crops per patch")
     data.add_argument("--crop-fraction", type=float, default=0.5, help="demo: crop side / patch")
     data.add_argument("--test-patches", type=int, default=2, help="demo: held-out patches")
-    data.add_argument("--data-dir", help="records: a data_prep output directory")
+    data.add_argument("--data-dir", help="records: a data_prep output directory (or URL)")
+    data.add_argument(
+        "--cache-dir",
+        default=staging.DEFAULT_CACHE_DIR,
+        help="records: where a --data-dir URL is copied (ArrayRecord reads local files only)",
+    )
     data.add_argument("--label-key", help="records: the label field")
     data.add_argument("--task", choices=sorted(probes.TASKS), help="default: from the labels")
     data.add_argument("--train-split", default="train")
@@ -114,6 +121,7 @@ def _load_data(args) -> datasets.EvalData:
         crop_fraction=args.crop_fraction,
         test_patches=args.test_patches,
         data_dir=args.data_dir,
+        cache_dir=args.cache_dir,
         label_key=args.label_key,
         task=args.task,
         train_split=args.train_split,
@@ -161,7 +169,7 @@ def run(args) -> list[str]:
         seed=args.seed,
         modalities=_selected(args.use, data),
     )
-    args.out.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(args.out)
     title = f"{data.name}, {data.task}, g={args.gsd:g} m. {data.note}".strip()
     lines = [f"{title} | train {len(data.train)}, test {len(data.test)} | {encoder.source}"]
     metric = probes.TASKS[data.task].primary
@@ -177,10 +185,10 @@ def run(args) -> list[str]:
     }
     for name in chosen:
         rows = made[name]()
-        outputs.write_csv(args.out / f"{name}.csv", rows, columns[name])
+        csv_path = outputs.write_csv(storage.join(args.out, f"{name}.csv"), rows, columns[name])
         if name == "curve":
-            outputs.plot_curve(args.out / "curve.png", rows, metric, title)
-        lines += [f"\n{name} ({args.out / name}.csv)", outputs.text_table(rows, columns[name])]
+            outputs.plot_curve(storage.join(args.out, "curve.png"), rows, metric, title)
+        lines += [f"\n{name} ({csv_path})", outputs.text_table(rows, columns[name])]
     summary = {
         "arguments": {k: str(v) for k, v in vars(args).items()},
         "data": {
@@ -197,7 +205,7 @@ def run(args) -> list[str]:
         "compilations": encoder.compiles,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    (args.out / "run.json").write_text(json.dumps(summary, indent=1) + "\n")
+    storage.write_text(storage.join(args.out, "run.json"), json.dumps(summary, indent=1) + "\n")
     return lines
 
 

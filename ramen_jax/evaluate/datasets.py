@@ -26,11 +26,10 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-import pathlib
 
 import numpy as np
 
-from ramen_jax import sensors
+from ramen_jax import sensors, storage
 from ramen_jax.data import demo, pipeline
 from ramen_jax.data.sources import DemoSource, RecordSource
 from ramen_jax.encode.inputs import EncodeError, infer_kind
@@ -132,7 +131,7 @@ def load_demo(
 
 def data_prep_specs(data_dir, max_time_steps: int) -> tuple:
     """Modality specs of a ``data_prep`` dataset, from its converter's ``SPEC``."""
-    info_path = pathlib.Path(data_dir) / "dataset_info.json"
+    info_path = storage.as_path(data_dir) / "dataset_info.json"
     if not info_path.is_file():
         raise EncodeError(f"{data_dir} is not a data_prep dataset (no dataset_info.json)")
     name = json.loads(info_path.read_text())["name"]
@@ -200,12 +199,13 @@ def load_records(
     max_time_steps: int = 16,
     ignore_label: int = -1,
     seed: int = 0,
+    cache_dir: str | None = None,
     **_,
 ) -> EvalData:
     if not data_dir or not label_key:
         raise EncodeError("records datasets need --data-dir and --label-key (the label field)")
     if modalities:
-        described = json.loads(pathlib.Path(modalities).read_text())
+        described = json.loads(storage.read_text(modalities))
         specs = tuple(
             sensors.modality_from_dict(k, {"max_time_steps": max_time_steps, **v})
             for k, v in described.items()
@@ -213,12 +213,17 @@ def load_records(
     else:
         specs = data_prep_specs(data_dir, max_time_steps)
     rng = np.random.default_rng([seed, 0x5EC0])
-    train_source = RecordSource(data_dir, train_split)
-    task = task or infer_task(_label_of(train_source.load(0, rng), label_key, str(data_dir)))
+    # one source per split: a dataset at a URL is checked against its local copy once
+    sources = {
+        split: RecordSource(data_dir, split, cache_dir=cache_dir)
+        for split in (train_split, test_split)
+    }
+    first = sources[train_split].load(0, rng)
+    task = task or infer_task(_label_of(first, label_key, str(data_dir)))
     splits = {}
     for split in (train_split, test_split):
         splits[split] = load_split_samples(
-            RecordSource(data_dir, split),
+            sources[split],
             specs,
             label_key,
             task,
@@ -232,7 +237,7 @@ def load_records(
         [train.labels.reshape(len(train), -1), test.labels.reshape(len(test), -1)]
     )
     num_classes = labels.shape[1] if task == MULTILABEL else int(labels.max()) + 1
-    return EvalData(str(pathlib.Path(data_dir).name), specs, task, num_classes, train, test)
+    return EvalData(storage.as_path(data_dir).name, specs, task, num_classes, train, test)
 
 
 DATASETS = {"demo": load_demo, "records": load_records}

@@ -1,30 +1,33 @@
 """Writing the reports: CSV files, the label-efficiency plot (PNG) and a text table for stdout.
 
 The plot uses Matplotlib's object API with the Agg canvas (no pyplot, no display needed).
+Files are made in memory and written whole (``storage.write_bytes``), so ``path`` may be a URL.
 """
 
 from __future__ import annotations
 
 import csv
-import pathlib
+import io
 from collections.abc import Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from ramen_jax import storage
 
 
 def _cell(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def write_csv(path, rows: Sequence[dict], columns: Sequence[str]) -> pathlib.Path:
-    path = pathlib.Path(path)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: _cell(row[c]) for c in columns})
-    return path
+def write_csv(path, rows: Sequence[dict], columns: Sequence[str]) -> str:
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(columns))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: _cell(row[c]) for c in columns})
+    storage.write_text(path, text.getvalue())
+    return str(path)
 
 
 def text_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
@@ -35,7 +38,7 @@ def text_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     )
 
 
-def plot_curve(path, rows: Sequence[dict], metric: str, title: str) -> pathlib.Path:
+def plot_curve(path, rows: Sequence[dict], metric: str, title: str) -> str:
     """Mean +- std of ``metric`` against the number of labels, one line per probe."""
     figure = Figure(figsize=(6, 4), dpi=120)
     FigureCanvasAgg(figure)
@@ -55,6 +58,7 @@ def plot_curve(path, rows: Sequence[dict], metric: str, title: str) -> pathlib.P
     axes.grid(True, alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    path = pathlib.Path(path)
-    figure.savefig(path)
-    return path
+    png = io.BytesIO()
+    figure.savefig(png, format="png")
+    storage.write_bytes(path, png.getvalue())
+    return str(path)

@@ -5,16 +5,18 @@ the per-pixel-normalised target (what the loss compares against), the same with 
 greyed out, and the reconstruction. Optical modalities show the channels nearest to red, green
 and blue (665/560/490 nm) when they have three or more, otherwise the first channel in grey;
 SAR/DEM show their first channel. All three panels share one contrast stretch (2-98 %).
+PNGs are encoded in memory and written whole (``storage.write_bytes``), in a local directory or
+under a workdir URL alike.
 """
 
 from __future__ import annotations
 
-import os
+import io
 
 import numpy as np
 from PIL import Image
 
-from ramen_jax import sensors
+from ramen_jax import sensors, storage
 from ramen_jax.model.loss import normalised_target
 
 RGB_NM = (665.0, 560.0, 490.0)
@@ -65,7 +67,7 @@ def write_previews(
     ``batch`` is the host batch; ``recon[m]`` ``[T, H, H, C]`` and ``hidden[m]`` ``[H, H]`` are
     the first sample's reconstruction and native hidden-pixel mask.
     """
-    os.makedirs(directory, exist_ok=True)
+    storage.makedirs(directory)
     paths = []
     kept = batch["layout"]["kept"]
     for m, spec in enumerate(specs):
@@ -75,7 +77,9 @@ def write_previews(
         strip = modality_panels(
             spec, batch["pixels"][spec.name][0, t], recon[spec.name][t], hidden[spec.name]
         )
-        path = os.path.join(directory, f"step_{step:07d}_{spec.name}.png")
-        Image.fromarray(strip).save(path)
+        path = storage.join(directory, f"step_{step:07d}_{spec.name}.png")
+        png = io.BytesIO()
+        Image.fromarray(strip).save(png, format="PNG")
+        storage.write_bytes(path, png.getvalue())
         paths.append(path)
     return paths

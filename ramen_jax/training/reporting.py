@@ -3,6 +3,16 @@
 Only process 0 writes. The progress line shows step, loss, learning rate, steps/s, tokens/s
 and ETA; TensorBoard gets every metric (per-modality losses, gradient norm, lr, compile
 count, throughput); ``metrics.jsonl`` in the workdir keeps one JSON line per logged step.
+
+A workdir URL (``gs://...``) cannot be appended to, and tensorboardX's own GCS writer uploads
+the whole event file at every flush. So both files are written in a local directory and
+appended to their objects (``storage.AppendMirror``: a GCS compose of the new bytes, whose cost
+does not grow with the run) at a logged step once ``sync_seconds`` have passed since the last
+sync, and at ``close``. A run killed in between loses at most that many seconds of log lines;
+its checkpoints are unaffected, and a resumed run appends its lines to the same objects. A sync
+that fails is logged and retried at the next one (the lines wait in the local files): logs do
+not stop a run that can still train; if the last one fails the local directory is kept and
+named in the warning.
 """
 
 from __future__ import annotations
@@ -15,6 +25,9 @@ import time
 
 import jax
 import numpy as np
+from absl import logging
+
+from ramen_jax import storage
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -55,19 +68,27 @@ def _duration(seconds: float) -> str:
 
 
 class Reporter:
-    def __init__(self, workdir: str, total_steps: int, start_step: int):
+    def __init__(self, workdir: str, total_steps: int, start_step: int, sync_seconds: float = 0.0):
         self.enabled = jax.process_index() == 0
+        self.workdir = workdir
         self.total_steps = total_steps
         self.last_time = time.time()
         self.last_step = start_step
         self.tokens = 0
         self.writer = None
         self.jsonl = None
+        self.mirror = None
+        self.sync_seconds = float(sync_seconds)
+        self.last_sync = time.monotonic()
         if self.enabled:
             from tensorboardX import SummaryWriter
 
-            self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
-            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+            local = workdir
+            if storage.is_remote(workdir):
+                self.mirror = storage.AppendMirror(workdir)
+                local = self.mirror.local_dir
+            self.writer = SummaryWriter(os.path.join(local, "tensorboard"))
+            self.jsonl = open(os.path.join(local, "metrics.jsonl"), "a")  # noqa: SIM115
 
     def count_tokens(self, tokens: int) -> None:
         self.tokens += tokens
@@ -93,6 +114,15 @@ class Reporter:
             self.writer.add_scalar(key, value, step)
         self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
         self.jsonl.flush()
+        if self.mirror is not None and time.monotonic() - self.last_sync >= self.sync_seconds:
+            self.writer.flush()
+            try:
+                self.mirror.sync()
+            except Exception as e:  # gcsfs raises HTTP and aiohttp errors, not only OSError
+                # The lines stay in the local files: the next sync sends them. Logs must not
+                # stop a run that can still train and save checkpoints.
+                logging.warning("metrics not copied to %s yet (%s); retrying", self.workdir, e)
+            self.last_sync = time.monotonic()
 
     def message(self, text: str) -> None:
         if self.enabled:
@@ -102,3 +132,8 @@ class Reporter:
         if self.enabled:
             self.writer.close()
             self.jsonl.close()
+            if self.mirror is not None:
+                try:
+                    self.mirror.close()
+                except OSError as e:  # the run itself is over: say where its logs are
+                    logging.warning("%s", e)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import re
 
 import jax
@@ -21,6 +20,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from ramen_jax import storage
 from ramen_jax.data import pipeline
 from ramen_jax.model import loss as loss_lib
 from ramen_jax.model import state as state_lib
@@ -247,7 +247,7 @@ class Trainer:
 
     def run(self) -> step_lib.TrainState:
         config, workdir = self.config, self.workdir
-        reporter = reporting.Reporter(workdir, config.total_steps, 0)
+        reporter = reporting.Reporter(workdir, config.total_steps, 0, config.workdir_sync_seconds)
         ckpt = checkpointing.Checkpointer(workdir, **config.checkpoint)
         config_json = run_identity.config_json(config)
         identity = run_identity.identity(
@@ -393,7 +393,7 @@ class Trainer:
             recon = {k: np.asarray(jax.device_get(v)) for k, v in recon.items()}
             hidden = {k: np.asarray(jax.device_get(v)) for k, v in hidden.items()}
             previews.write_previews(
-                os.path.join(self.workdir, "previews"),
+                storage.join(self.workdir, "previews"),
                 step,
                 self.specs[host_batch["dataset"]],
                 host_batch,
@@ -425,8 +425,7 @@ def reported_error(error: BaseException) -> BaseException:
 
 def train_and_evaluate(config, workdir: str) -> step_lib.TrainState:
     checkpointing.validate_settings(config.checkpoint)  # before any work
-    if "://" not in workdir:
-        os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     precompile.configure_compilation_cache(config.get("compilation_cache_dir", ""), workdir)
     compile_stats.counter()  # count every program from here on, initialisation included
     lock = workdir_lock.WorkdirLock(workdir)
