@@ -9,11 +9,14 @@ full ViT-B model on the demo data (one real step on CPU, for checks); ``:tiny`` 
 keep everything but use ViT-Ti / ViT-S sized models (see ``MODEL_SIZES``). Any field can be
 overridden with ``--config.a.b=value``.
 
-Facts from the original setup (SPEC.md part D): AdamW lr 1.5e-4, weight decay 0.05, betas
-(0.9, 0.999), clip 1.0; linear warmup from 1e-5 over 20 epochs, cosine to 1e-6 at epoch 300
-(the original steps the schedule per epoch; we step it per step, same shape); bf16 compute;
-16 GPUs with per-device batches flairhub 4, mmearth 32, worldstrat 2; datasets drawn with equal
-weight. ``steps_per_epoch`` converts epochs to steps: set it for your data and device count.
+Facts from the original setup (docs/training.md has the recipe table, with each value's file
+in the original repository): AdamW lr 1.5e-4, weight decay 0.05, betas (0.9, 0.999), clip 1.0;
+linear warmup from 1e-5 over 20 epochs, cosine to 1e-6 at epoch 300 (the original steps the
+schedule per epoch; we step it per step, same shape); bf16 compute; 16 GPUs with per-device
+batches flairhub 4, mmearth 32, worldstrat 2. Datasets are mixed per epoch as the original's
+loader does (``data.mixing="epoch"``): every full global batch of every dataset once per epoch,
+each step drawing uniformly among the datasets not yet exhausted in this epoch.
+``steps_per_epoch`` converts epochs to steps: set it for your data and device count.
 """
 
 import ml_collections
@@ -163,6 +166,10 @@ def get_config(arg=None):
     # "mask": padded time slots are masked out of every statistic and softmax; "original":
     # they take part as zero frames dated 0, as the original's collate function makes them.
     c.data.time_padding = "mask"
+    # "epoch": every full batch of every dataset once per epoch, each step drawn among the
+    # datasets not yet exhausted (with their weights), as the original; "weights": each step
+    # draws a dataset i.i.d. with the weights (ramen_jax/data/mixing.py).
+    c.data.mixing = "epoch"
 
     c.optim = ml_collections.ConfigDict(
         {

@@ -92,7 +92,9 @@ def recount(result: dict) -> dict:
     for name in DATASETS:
         config.data.datasets[name].source.path = result["per_dataset"][name]["path"]
     datasets = pipeline.build_datasets(config.data, batch_shards=1)
-    batches = pipeline.StepBatches(datasets, seed=config.seed, mask_ratio=0.75)
+    batches = pipeline.StepBatches(
+        datasets, seed=config.seed, mask_ratio=0.75, mixing=config.data.mixing
+    )
     counts = {
         name: {"signatures": set(), "steps": 0, "samples": 0, "padded": 0, "slots": 0}
         for name in DATASETS

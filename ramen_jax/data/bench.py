@@ -117,7 +117,10 @@ def measure(config, tallies: dict, batches: int, num_workers: int, progress) -> 
     for dataset in datasets:
         tallies[dataset.name].buckets = len(dataset.buckets)
     step_batches = pipeline.StepBatches(
-        datasets, seed=config.seed, mask_ratio=config.model.get("mask_ratio", 0.75)
+        datasets,
+        seed=config.seed,
+        mask_ratio=config.model.get("mask_ratio", 0.75),
+        mixing=config.data.get("mixing", "weights"),
     )
     iterator = pipeline.make_iterator(step_batches, batches, num_workers=num_workers)
     start = time.perf_counter()

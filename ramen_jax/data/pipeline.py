@@ -31,6 +31,7 @@ import numpy as np
 
 from ramen_jax import geometry, sensors
 from ramen_jax.data import buckets as buckets_lib
+from ramen_jax.data import mixing as mixing_lib
 from ramen_jax.data import plan as plan_lib
 from ramen_jax.data.layout import build_layout, sequence_lengths
 from ramen_jax.data.sources import make_source
@@ -153,22 +154,35 @@ class StepBatches:
         mask_ratio: float,
         shards: plan_lib.BatchShards | None = None,
         mask_time_padding: bool = True,
+        mixing: str = "weights",
     ):
         self.datasets = list(datasets)
         self.mask_time_padding = mask_time_padding
         self.seed = seed
         self.mask_ratio = mask_ratio
         self.shards = shards or plan_lib.BatchShards()  # default: one process, whole batch
+        self.mixing = mixing
+        self.batches_per_epoch = [
+            mixing_lib.epoch_batches(len(d.source), d.global_batch) for d in self.datasets
+        ]
         self.plan = plan_lib.StepPlan(
-            [plan_lib.DatasetDraws(d.gsds, len(d.specs), d.weight) for d in self.datasets], seed
+            [
+                plan_lib.DatasetDraws(d.gsds, len(d.specs), d.weight, batches)
+                for d, batches in zip(self.datasets, self.batches_per_epoch, strict=True)
+            ],
+            seed,
+            mixing,
         )
         self._streams = {}
 
     def stream(self, index: int) -> plan_lib.SampleStream:
         if index not in self._streams:
-            self._streams[index] = plan_lib.SampleStream(
-                len(self.datasets[index].source), self.seed, index
-            )
+            num_samples = len(self.datasets[index].source)
+            used = self.batches_per_epoch[index] * self.datasets[index].global_batch
+            # "epoch": an epoch reads its full batches only (drop_last); a split smaller than
+            # one batch is read as an endless stream
+            per_epoch = used if self.mixing == "epoch" and used <= num_samples else 0
+            self._streams[index] = plan_lib.SampleStream(num_samples, self.seed, index, per_epoch)
         return self._streams[index]
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 (bounded; a few hundred step signatures)

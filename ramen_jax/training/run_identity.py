@@ -6,7 +6,8 @@ restored and refuses a difference (``RunMismatch``), naming the fields.
 
 Identity (fixed for the life of a workdir): ``seed``; every ``model.*`` field except the
 execution choices listed in ``MODEL_EXECUTION`` (they change how the same parameters are
-computed, not what they are); ``data.time_padding``; per dataset its modalities, effective
+computed, not what they are); ``data.time_padding``; ``data.mixing`` (it decides which batch
+every step reads); per dataset its modalities, effective
 GSDs, weight, source settings other than ``path`` and its *global* batch (per-device batch x
 batch shards: the sample stream is laid out in global batches, so a resume on another device
 count keeps the data order by keeping the global batch, not the per-device one).
@@ -17,6 +18,10 @@ sharding rules and device or process count, ``data.num_workers`` / ``num_threads
 ``prefetch`` / ``max_buckets_per_dataset``, a dataset's ``source.path`` (data moved to another
 disk or bucket), ``compilation_cache_dir``, ``precompile``, ``program_map_limit``,
 ``init_from`` (only read by a fresh run).
+
+A field added to the identity after checkpoints were written without it is compared as
+``LEGACY_VALUES`` says: the value every earlier run had (``data.mixing`` was always
+``"weights"`` before it could be chosen).
 
 ``write_record`` keeps the latest launch's config, readable, in ``WORKDIR/run_config.json``.
 """
@@ -33,6 +38,7 @@ MODEL_EXECUTION = ("attention_impl", "dtype", "remat", "scan_layers")
 DATASET_FIELDS = ("modalities", "effective_gsds", "weight", "source")
 RECORD_FILE = "run_config.json"
 _ABSENT = "<absent>"
+LEGACY_VALUES = {"data.mixing": "weights"}  # what an identity without the field ran
 
 
 class RunMismatch(RunError):
@@ -55,6 +61,7 @@ def identity(config: dict, global_batches: dict[str, int] | None) -> dict:
     _flatten("model", model, out)
     data = config.get("data", {})
     out["data.time_padding"] = data.get("time_padding", "mask")
+    out["data.mixing"] = data.get("mixing", LEGACY_VALUES["data.mixing"])
     for name, dataset in sorted(data.get("datasets", {}).items()):
         prefix = f"data.datasets.{name}"
         fields = {k: dataset.get(k) for k in DATASET_FIELDS}
@@ -91,6 +98,7 @@ def check(saved_meta: dict, current: dict, where: str) -> None:
     if saved is None:  # written before identities were recorded: compare what it has
         saved = identity(saved_meta.get("config", {}), None)
         current = {k: v for k, v in current.items() if not k.endswith(".global_batch")}
+    saved = {**{k: v for k, v in LEGACY_VALUES.items() if k in current}, **saved}
     diffs = differences(saved, current)
     if diffs:
         shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")

@@ -295,6 +295,7 @@ class Trainer:
             mask_ratio=self.model_config.mask_ratio,
             shards=shards,
             mask_time_padding=config.data.get("time_padding", "mask") == "mask",
+            mixing=config.data.get("mixing", "weights"),
         )
         iterator = pipeline.make_iterator(
             batches,
