@@ -11,12 +11,15 @@ overridden with ``--config.a.b=value``.
 
 Facts from the original setup (docs/training.md has the recipe table, with each value's file
 in the original repository): AdamW lr 1.5e-4, weight decay 0.05, betas (0.9, 0.999), clip 1.0;
-linear warmup from 1e-5 over 20 epochs, cosine to 1e-6 at epoch 300 (the original steps the
-schedule per epoch; we step it per step, same shape); bf16 compute; 16 GPUs with per-device
-batches flairhub 4, mmearth 32, worldstrat 2. Datasets are mixed per epoch as the original's
-loader does (``data.mixing="epoch"``): every full global batch of every dataset once per epoch,
-each step drawing uniformly among the datasets not yet exhausted in this epoch.
-``steps_per_epoch`` converts epochs to steps: set it for your data and device count.
+linear warmup from 1e-5 over 20 epochs, cosine to 1e-6 at epoch 300, the learning rate
+changed once per epoch as the original's scheduler (``optim.schedule_interval="step"`` changes
+it every step); bf16 compute; 16 GPUs with per-device batches flairhub 4, mmearth 32,
+worldstrat 2. Datasets are mixed per epoch as the original's loader does
+(``data.mixing="epoch"``): every full global batch of every dataset once per epoch, each step
+drawing uniformly among the datasets not yet exhausted in this epoch. An epoch is therefore
+the sum of the datasets' full global batches: ``steps_per_epoch=0`` derives it from the
+prepared splits and the device count, ``total_steps=0`` makes the run ``epochs`` long (300, as
+the original's experiment config; its shipped SLURM launcher passes ``max_epochs=100``).
 """
 
 import ml_collections
@@ -133,8 +136,9 @@ MODEL_SIZES = {
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.total_steps = 300 * 5000
-    c.steps_per_epoch = 5000
+    c.epochs = 300
+    c.total_steps = 0  # 0: epochs x steps_per_epoch
+    c.steps_per_epoch = 0  # 0: the datasets' full global batches per epoch, summed
 
     c.model = ml_collections.ConfigDict(
         {
@@ -177,6 +181,7 @@ def get_config(arg=None):
             "start_lr": 1e-5,
             "end_lr": 1e-6,
             "warmup_epochs": 20,
+            "schedule_interval": "epoch",  # "epoch": lr changed once per epoch; "step": every step
             "weight_decay": 0.05,
             "b1": 0.9,
             "b2": 0.999,

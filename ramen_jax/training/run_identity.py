@@ -12,7 +12,7 @@ GSDs, weight, source settings other than ``path`` and its *global* batch (per-de
 batch shards: the sample stream is laid out in global batches, so a resume on another device
 count keeps the data order by keeping the global batch, not the per-device one).
 
-Everything else may change on resume: ``total_steps``, ``steps_per_epoch`` and the other
+Everything else may change on resume: ``total_steps``, ``steps_per_epoch``, ``epochs`` and the other
 ``optim.*`` settings, ``contrastive.*``, ``checkpoint.*``, logging and preview cadence, mesh,
 sharding rules and device or process count, ``data.num_workers`` / ``num_threads`` /
 ``prefetch`` / ``max_buckets_per_dataset``, a dataset's ``source.path`` (data moved to another
