@@ -29,7 +29,7 @@ S2_13 = [443, 490, 560, 665, 705, 740, 783, 842, 865, 945, 1370, 1610, 2190]
 S2_12 = [443, 490, 560, 665, 705, 740, 783, 842, 865, 945, 1610, 2190]
 
 
-def modality(kind, channels, gsd, side, time_series=False, max_time_steps=1):
+def modality(kind, channels, gsd, side, time_series=False, max_time_steps=1, temporal_dropout=0.0):
     return ml_collections.ConfigDict(
         {
             "kind": kind,
@@ -38,6 +38,9 @@ def modality(kind, channels, gsd, side, time_series=False, max_time_steps=1):
             "side": side,
             "time_series": time_series,
             "max_time_steps": max_time_steps,
+            # share of a series' dates dropped at random at every load (the original: 0.3 for
+            # FLAIR-HUB's Sentinel series, none for WorldStrat)
+            "temporal_dropout": float(temporal_dropout),
         }
     )
 
@@ -53,8 +56,8 @@ def paper_datasets():
             "modalities": {
                 "aerial": modality("optical", [640, 560, 480, 810], 0.2, 512),
                 "dem": modality("dem", ["dsm", "dtm"], 0.2, 512),
-                "s2": modality("optical", S2_L2A_10, 10.24, 10, True, 16),
-                "s1_des": modality("sar", ["des_vv", "des_vh"], 10.24, 10, True, 16),
+                "s2": modality("optical", S2_L2A_10, 10.24, 10, True, 16, 0.3),
+                "s1_des": modality("sar", ["des_vv", "des_vh"], 10.24, 10, True, 16, 0.3),
             },
         }
     )

@@ -15,7 +15,9 @@ the token sequence is padded to the dataset's bucket (``ramen_jax.data.buckets``
 Per sample: NaN/inf -> 0, then per-channel normalisation ``(x - mean) / std`` (an all-zero
 channel plane, i.e. a missing band or modality, stays zero as in the original); a time series
 longer than its slots is
-randomly sub-sampled (dates kept in order).
+randomly sub-sampled (dates kept in order). Before that, a modality configured with a
+``temporal_dropout`` keeps a random subset of its dates at every load
+(``ramen_jax.data.temporal_dropout``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ramen_jax import geometry, sensors
 from ramen_jax.data import buckets as buckets_lib
 from ramen_jax.data import mixing as mixing_lib
 from ramen_jax.data import plan as plan_lib
+from ramen_jax.data import temporal_dropout
 from ramen_jax.data.layout import build_layout, sequence_lengths
 from ramen_jax.data.sources import make_source
 
@@ -51,6 +54,7 @@ class DatasetPipeline:
     source: object
     buckets: tuple
     grid_pad: int
+    temporal_dropout: dict = dataclasses.field(default_factory=dict)  # modality -> fraction
 
     def bucket(self, kept_names: Sequence[str], gsd: float) -> buckets_lib.Bucket:
         side = geometry.grid_side(self.specs[0].side, self.specs[0].gsd, gsd)
@@ -82,6 +86,7 @@ def build_datasets(data_config, batch_shards: int, *, max_buckets: int | None = 
                 source=make_source(cfg.source),
                 buckets=tuple(buckets_lib.choose_buckets(distribution, max_buckets)),
                 grid_pad=buckets_lib.max_grid_side(specs[0], gsds),
+                temporal_dropout=temporal_dropout.fractions_of(cfg.modalities),
             )
         )
     return out
@@ -213,6 +218,9 @@ class StepBatches:
             index = stream[position]
             rng = np.random.default_rng([self.seed, 0xDA7A, draw.dataset, position])
             sample = d.source.load(index, rng)
+            if d.temporal_dropout:
+                dropout_rng = np.random.default_rng([self.seed, 0x7D0F, int(step), position])
+                sample = temporal_dropout.drop_dates(sample, d.temporal_dropout, dropout_rng)
             prepared.append(
                 prepare_sample(
                     sample,

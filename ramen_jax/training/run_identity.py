@@ -20,8 +20,9 @@ disk or bucket), ``compilation_cache_dir``, ``precompile``, ``program_map_limit`
 ``init_from`` (only read by a fresh run).
 
 A field added to the identity after checkpoints were written without it is compared as
-``LEGACY_VALUES`` says: the value every earlier run had (``data.mixing`` was always
-``"weights"`` before it could be chosen).
+``LEGACY_VALUES`` (by full name) or ``LEGACY_LEAF_VALUES`` (by last name) say: the value every
+earlier run had (``data.mixing`` was always ``"weights"`` before it could be chosen, a
+modality's ``temporal_dropout`` always 0).
 
 ``write_record`` keeps the latest launch's config, readable, in ``WORKDIR/run_config.json``.
 """
@@ -39,6 +40,7 @@ DATASET_FIELDS = ("modalities", "effective_gsds", "weight", "source")
 RECORD_FILE = "run_config.json"
 _ABSENT = "<absent>"
 LEGACY_VALUES = {"data.mixing": "weights"}  # what an identity without the field ran
+LEGACY_LEAF_VALUES = {"temporal_dropout": 0.0}
 
 
 class RunMismatch(RunError):
@@ -98,7 +100,7 @@ def check(saved_meta: dict, current: dict, where: str) -> None:
     if saved is None:  # written before identities were recorded: compare what it has
         saved = identity(saved_meta.get("config", {}), None)
         current = {k: v for k, v in current.items() if not k.endswith(".global_batch")}
-    saved = {**{k: v for k, v in LEGACY_VALUES.items() if k in current}, **saved}
+    saved = {**legacy_values(current), **saved}
     diffs = differences(saved, current)
     if diffs:
         shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
@@ -107,6 +109,16 @@ def check(saved_meta: dict, current: dict, where: str) -> None:
             "that run's settings, or use another --workdir (docs/training.md lists "
             "the settings that may change on resume)"
         )
+
+
+def legacy_values(current: dict) -> dict:
+    """What a checkpoint written before each of ``current``'s newer fields existed ran."""
+    out = {k: v for k, v in LEGACY_VALUES.items() if k in current}
+    for key in current:
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf in LEGACY_LEAF_VALUES:
+            out[key] = LEGACY_LEAF_VALUES[leaf]
+    return out
 
 
 def write_record(workdir: str, config: dict, run_identity: dict) -> None:
