@@ -113,3 +113,12 @@ def test_mixing_is_part_of_the_run_identity_and_older_runs_mixed_by_weights():
     config.data.mixing = "weights"
     current = run_identity.identity(run_identity.config_json(config), None)
     run_identity.check({"identity": older}, current, "ckpt/5")  # the same run: resumes
+
+
+def test_expected_step_shares():
+    epoch = mixing_lib.EpochMixing((1, 1, 1), seed=0, batches_per_epoch=(3, 40, 2))
+    np.testing.assert_allclose(epoch.step_shares(), [3 / 45, 40 / 45, 2 / 45])
+    measured = np.bincount([epoch(s)[0] for s in range(90)], minlength=3) / 90  # two epochs
+    np.testing.assert_allclose(measured, epoch.step_shares())
+    weights = mixing_lib.WeightedMixing((1, 3), seed=0)
+    np.testing.assert_allclose(weights.step_shares(), [0.25, 0.75])

@@ -63,6 +63,10 @@ class WeightedMixing:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
+    def step_shares(self) -> np.ndarray:
+        """Expected share of steps per dataset: the weights."""
+        return self.probabilities
+
     def _dataset_of(self, step: int) -> int:
         rng = np.random.default_rng([self.seed, 0x5EED, step])
         return int(rng.choice(len(self.probabilities), p=self.probabilities))
@@ -101,6 +105,10 @@ class EpochMixing:
             raise ValueError(f"every dataset needs >= 1 batch per epoch: {batches_per_epoch}")
         self.seed = int(seed)
         self.steps_per_epoch = int(self.batches_per_epoch.sum())
+
+    def step_shares(self) -> np.ndarray:
+        """Share of steps per dataset (exact over whole epochs): its batches per epoch."""
+        return self.batches_per_epoch / self.steps_per_epoch
 
     @functools.lru_cache(maxsize=4)  # noqa: B019 (bounded; steps arrive in order, a few epochs)
     def epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
