@@ -9,11 +9,17 @@ full ViT-B model on the demo data (one real step on CPU, for checks); ``:tiny`` 
 keep everything but use ViT-Ti / ViT-S sized models (see ``MODEL_SIZES``). Any field can be
 overridden with ``--config.a.b=value``.
 
-Facts from the original setup (SPEC.md part D): AdamW lr 1.5e-4, weight decay 0.05, betas
-(0.9, 0.999), clip 1.0; linear warmup from 1e-5 over 20 epochs, cosine to 1e-6 at epoch 300
-(the original steps the schedule per epoch; we step it per step, same shape); bf16 compute;
-16 GPUs with per-device batches flairhub 4, mmearth 32, worldstrat 2; datasets drawn with equal
-weight. ``steps_per_epoch`` converts epochs to steps: set it for your data and device count.
+Facts from the original setup (docs/training.md has the recipe table, with each value's file
+in the original repository): AdamW lr 1.5e-4, weight decay 0.05, betas (0.9, 0.999), clip 1.0;
+linear warmup from 1e-5 over 20 epochs, cosine to 1e-6 at epoch 300, the learning rate
+changed once per epoch as the original's scheduler (``optim.schedule_interval="step"`` changes
+it every step); bf16 compute; 16 GPUs with per-device batches flairhub 4, mmearth 32,
+worldstrat 2. Datasets are mixed per epoch as the original's loader does
+(``data.mixing="epoch"``): every full global batch of every dataset once per epoch, each step
+drawing uniformly among the datasets not yet exhausted in this epoch. An epoch is therefore
+the sum of the datasets' full global batches: ``steps_per_epoch=0`` derives it from the
+prepared splits and the device count, ``total_steps=0`` makes the run ``epochs`` long (300, as
+the original's experiment config; its shipped SLURM launcher passes ``max_epochs=100``).
 """
 
 import ml_collections
@@ -23,7 +29,7 @@ S2_13 = [443, 490, 560, 665, 705, 740, 783, 842, 865, 945, 1370, 1610, 2190]
 S2_12 = [443, 490, 560, 665, 705, 740, 783, 842, 865, 945, 1610, 2190]
 
 
-def modality(kind, channels, gsd, side, time_series=False, max_time_steps=1):
+def modality(kind, channels, gsd, side, time_series=False, max_time_steps=1, temporal_dropout=0.0):
     return ml_collections.ConfigDict(
         {
             "kind": kind,
@@ -32,6 +38,9 @@ def modality(kind, channels, gsd, side, time_series=False, max_time_steps=1):
             "side": side,
             "time_series": time_series,
             "max_time_steps": max_time_steps,
+            # share of a series' dates dropped at random at every load (the original: 0.3 for
+            # FLAIR-HUB's Sentinel series, none for WorldStrat)
+            "temporal_dropout": float(temporal_dropout),
         }
     )
 
@@ -47,8 +56,8 @@ def paper_datasets():
             "modalities": {
                 "aerial": modality("optical", [640, 560, 480, 810], 0.2, 512),
                 "dem": modality("dem", ["dsm", "dtm"], 0.2, 512),
-                "s2": modality("optical", S2_L2A_10, 10.24, 10, True, 16),
-                "s1_des": modality("sar", ["des_vv", "des_vh"], 10.24, 10, True, 16),
+                "s2": modality("optical", S2_L2A_10, 10.24, 10, True, 16, 0.3),
+                "s1_des": modality("sar", ["des_vv", "des_vh"], 10.24, 10, True, 16, 0.3),
             },
         }
     )
@@ -130,8 +139,9 @@ MODEL_SIZES = {
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.total_steps = 300 * 5000
-    c.steps_per_epoch = 5000
+    c.epochs = 300
+    c.total_steps = 0  # 0: epochs x steps_per_epoch
+    c.steps_per_epoch = 0  # 0: the datasets' full global batches per epoch, summed
 
     c.model = ml_collections.ConfigDict(
         {
@@ -166,6 +176,10 @@ def get_config(arg=None):
     # A records source at a URL (gs://...) is copied here first, once per host, and reused on
     # restart (ramen_jax/data/staging.py); mount larger-than-disk datasets and give the path.
     c.data.cache_dir = "~/.cache/ramen_jax/datasets"
+    # "epoch": every full batch of every dataset once per epoch, each step drawn among the
+    # datasets not yet exhausted (with their weights), as the original; "weights": each step
+    # draws a dataset i.i.d. with the weights (ramen_jax/data/mixing.py).
+    c.data.mixing = "epoch"
 
     c.optim = ml_collections.ConfigDict(
         {
@@ -173,6 +187,7 @@ def get_config(arg=None):
             "start_lr": 1e-5,
             "end_lr": 1e-6,
             "warmup_epochs": 20,
+            "schedule_interval": "epoch",  # "epoch": lr changed once per epoch; "step": every step
             "weight_decay": 0.05,
             "b1": 0.9,
             "b2": 0.999,

@@ -5,7 +5,8 @@ r"""Demo pretraining on the six real BigEarthNet patches bundled with the packag
 A small RAMEN (width 96, 4 blocks) learns to reconstruct masked Sentinel-2 (10/20/60 m as three
 modalities) and Sentinel-1 patches at effective GSDs 40-120 m, on a 2-core CPU in a few
 minutes, writing checkpoints, TensorBoard events and reconstruction previews to --workdir.
-The training setup is the paper's (configs/base.py) apart from size, learning rate and length.
+The training setup is the paper's (configs/base.py) apart from size, learning rate (changed every
+step) and length.
 """
 
 from configs import base
@@ -28,7 +29,8 @@ def get_config(arg=None):
     c.data.max_buckets_per_dataset = 4  # few shapes: compiling dominates on a small CPU
     c.total_steps = 300
     c.steps_per_epoch = 10
-    c.optim.update(lr=1e-3, start_lr=1e-5, end_lr=1e-5, warmup_epochs=3)
+    # 300 steps of 10-step "epochs": a learning rate changed every step, not in 30 jumps
+    c.optim.update(lr=1e-3, start_lr=1e-5, end_lr=1e-5, warmup_epochs=3, schedule_interval="step")
     c.checkpoint.update(every_steps=100, keep=2)
     c.log_every_steps = 25
     c.preview_every_steps = 100

@@ -33,7 +33,7 @@ from ramen_jax.data import pipeline
 from ramen_jax.model import state as state_lib
 from ramen_jax.model.reference import original_order_recon
 from ramen_jax.perf import flops as flops_lib
-from ramen_jax.training import compile_stats, sharding
+from ramen_jax.training import compile_stats, run_length, sharding
 from ramen_jax.training.trainer import Trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.")
@@ -253,6 +253,7 @@ def main(argv):
         config.model.scan_layers = _SCAN.value
     if _ATTENTION.value:
         config.model.attention_impl = _ATTENTION.value
+    run_length.for_compiling_only(config)
     trainer = Trainer(config, tempfile.mkdtemp())
     batches = pipeline.StepBatches(
         trainer.datasets,

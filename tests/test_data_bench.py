@@ -92,7 +92,9 @@ def recount(result: dict) -> dict:
     for name in DATASETS:
         config.data.datasets[name].source.path = result["per_dataset"][name]["path"]
     datasets = pipeline.build_datasets(config.data, batch_shards=1)
-    batches = pipeline.StepBatches(datasets, seed=config.seed, mask_ratio=0.75)
+    batches = pipeline.StepBatches(
+        datasets, seed=config.seed, mask_ratio=0.75, mixing=config.data.mixing
+    )
     counts = {
         name: {"signatures": set(), "steps": 0, "samples": 0, "padded": 0, "slots": 0}
         for name in DATASETS
@@ -112,6 +114,23 @@ def recount(result: dict) -> dict:
         count["padded"] += rows * (slots - tokens)
         count["slots"] += rows * slots
     return counts
+
+
+def test_step_shares_measured_and_expected_from_the_epoch_mixing(bench_run):
+    from data_prep import common
+
+    result = bench_run[2]
+    config = base.get_config()
+    assert config.data.mixing == "epoch"
+    batches = {}  # full global batches per epoch (one batch shard), at least one
+    for name in DATASETS:
+        records = common.load_split(result["per_dataset"][name]["path"], common.TRAIN)
+        batches[name] = max(1, len(records) // config.data.datasets[name].per_device_batch)
+    expected = {name: count / sum(batches.values()) for name, count in batches.items()}
+    assert result["expected_step_share"] == pytest.approx(expected, rel=1e-12)
+    measured = {name: d["steps"] / BATCHES for name, d in result["per_dataset"].items()}
+    assert result["dataset_step_share"] == pytest.approx(measured, rel=1e-12)
+    assert sum(result["dataset_step_share"].values()) == pytest.approx(1.0)
 
 
 def test_shapes_and_padding_match_an_independent_count(bench_run):

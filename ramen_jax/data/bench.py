@@ -10,7 +10,10 @@ shard): batches/s, samples/s, the token padding fraction, the number of distinct
 dataset drew. Progress goes to stderr; stdout gets one line per dataset saying which data it
 reads, a table, and as its last line one JSON object (``batches``, ``seconds``,
 ``batches_per_s``, ``samples_per_s``, ``padding_fraction``, ``series_padding_fraction``,
-``distinct_shapes``, ``num_workers``, ``peak_rss_mb``, ``per_dataset``).
+``distinct_shapes``, ``num_workers``, ``peak_rss_mb``, ``per_dataset``, and per dataset
+``dataset_step_share``, the share of the measured steps it drew, beside
+``expected_step_share``, the share the mixing rule gives it in the long run: its full batches
+per epoch over the epoch's steps with ``data.mixing="epoch"``, its weight with ``"weights"``).
 
 Data: a ``records`` dataset whose ``source.path`` exists is read as it is. Where the path is
 absent the bench says so and runs on a synthetic stand-in written in the dataset's published
@@ -65,6 +68,7 @@ class DatasetTally:
     data: str  # "real", "stand-in" or "configured" (a non-records source, as configured)
     where: str
     buckets: int = 0
+    expected_step_share: float = 0.0  # what the mixing rule gives it in the long run
     steps: int = 0
     samples: int = 0
     token_slots: int = 0
@@ -117,8 +121,13 @@ def measure(config, tallies: dict, batches: int, num_workers: int, progress) -> 
     for dataset in datasets:
         tallies[dataset.name].buckets = len(dataset.buckets)
     step_batches = pipeline.StepBatches(
-        datasets, seed=config.seed, mask_ratio=config.model.get("mask_ratio", 0.75)
+        datasets,
+        seed=config.seed,
+        mask_ratio=config.model.get("mask_ratio", 0.75),
+        mixing=config.data.get("mixing", "weights"),
     )
+    for dataset, share in zip(datasets, step_batches.plan.mixing.step_shares(), strict=True):
+        tallies[dataset.name].expected_step_share = float(share)
     iterator = pipeline.make_iterator(step_batches, batches, num_workers=num_workers)
     start = time.perf_counter()
     try:
@@ -151,6 +160,8 @@ def report(tallies: dict, batches: int, seconds: float, num_workers: int) -> dic
         "num_workers": num_workers,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "per_dataset": per_dataset,
+        "dataset_step_share": {name: t.steps / batches for name, t in tallies.items()},
+        "expected_step_share": {name: t.expected_step_share for name, t in tallies.items()},
     }
 
 

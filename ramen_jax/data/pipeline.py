@@ -15,7 +15,9 @@ the token sequence is padded to the dataset's bucket (``ramen_jax.data.buckets``
 Per sample: NaN/inf -> 0, then per-channel normalisation ``(x - mean) / std`` (an all-zero
 channel plane, i.e. a missing band or modality, stays zero as in the original); a time series
 longer than its slots is
-randomly sub-sampled (dates kept in order).
+randomly sub-sampled (dates kept in order). Before that, a modality configured with a
+``temporal_dropout`` keeps a random subset of its dates at every load
+(``ramen_jax.data.temporal_dropout``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ import numpy as np
 
 from ramen_jax import geometry, sensors
 from ramen_jax.data import buckets as buckets_lib
+from ramen_jax.data import mixing as mixing_lib
 from ramen_jax.data import plan as plan_lib
+from ramen_jax.data import temporal_dropout
 from ramen_jax.data.layout import build_layout, sequence_lengths
 from ramen_jax.data.sources import make_source
 
@@ -50,6 +54,7 @@ class DatasetPipeline:
     source: object
     buckets: tuple
     grid_pad: int
+    temporal_dropout: dict = dataclasses.field(default_factory=dict)  # modality -> fraction
 
     def bucket(self, kept_names: Sequence[str], gsd: float) -> buckets_lib.Bucket:
         side = geometry.grid_side(self.specs[0].side, self.specs[0].gsd, gsd)
@@ -81,6 +86,7 @@ def build_datasets(data_config, batch_shards: int, *, max_buckets: int | None = 
                 source=make_source(cfg.source, data_config.get("cache_dir")),
                 buckets=tuple(buckets_lib.choose_buckets(distribution, max_buckets)),
                 grid_pad=buckets_lib.max_grid_side(specs[0], gsds),
+                temporal_dropout=temporal_dropout.fractions_of(cfg.modalities),
             )
         )
     return out
@@ -153,22 +159,35 @@ class StepBatches:
         mask_ratio: float,
         shards: plan_lib.BatchShards | None = None,
         mask_time_padding: bool = True,
+        mixing: str = "weights",
     ):
         self.datasets = list(datasets)
         self.mask_time_padding = mask_time_padding
         self.seed = seed
         self.mask_ratio = mask_ratio
         self.shards = shards or plan_lib.BatchShards()  # default: one process, whole batch
+        self.mixing = mixing
+        self.batches_per_epoch = [
+            mixing_lib.epoch_batches(len(d.source), d.global_batch) for d in self.datasets
+        ]
         self.plan = plan_lib.StepPlan(
-            [plan_lib.DatasetDraws(d.gsds, len(d.specs), d.weight) for d in self.datasets], seed
+            [
+                plan_lib.DatasetDraws(d.gsds, len(d.specs), d.weight, batches)
+                for d, batches in zip(self.datasets, self.batches_per_epoch, strict=True)
+            ],
+            seed,
+            mixing,
         )
         self._streams = {}
 
     def stream(self, index: int) -> plan_lib.SampleStream:
         if index not in self._streams:
-            self._streams[index] = plan_lib.SampleStream(
-                len(self.datasets[index].source), self.seed, index
-            )
+            num_samples = len(self.datasets[index].source)
+            used = self.batches_per_epoch[index] * self.datasets[index].global_batch
+            # "epoch": an epoch reads its full batches only (drop_last); a split smaller than
+            # one batch is read as an endless stream
+            per_epoch = used if self.mixing == "epoch" and used <= num_samples else 0
+            self._streams[index] = plan_lib.SampleStream(num_samples, self.seed, index, per_epoch)
         return self._streams[index]
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 (bounded; a few hundred step signatures)
@@ -199,6 +218,9 @@ class StepBatches:
             index = stream[position]
             rng = np.random.default_rng([self.seed, 0xDA7A, draw.dataset, position])
             sample = d.source.load(index, rng)
+            if d.temporal_dropout:
+                dropout_rng = np.random.default_rng([self.seed, 0x7D0F, int(step), position])
+                sample = temporal_dropout.drop_dates(sample, d.temporal_dropout, dropout_rng)
             prepared.append(
                 prepare_sample(
                     sample,

@@ -2,28 +2,30 @@
 
 As in the original, one dataset, one effective GSD (uniform over the dataset's list) and one
 random non-empty ordered subset of its modalities (size uniform in ``1..n``, then a uniform
-sample) are drawn per step and shared by the whole batch; the dataset is drawn with the
-configured weights. Draws are a pure function of ``(seed, step)`` so every host of a multi-host
-job plans the same step without communicating, and a resumed run plans exactly what an
+sample) are drawn per step and shared by the whole batch; the dataset follows the configured
+mixing rule (``ramen_jax.data.mixing``: every batch once per epoch, or i.i.d. weights). Draws
+are a pure function of ``(seed, step)`` (and the data sizes) so every host of a multi-host job
+plans the same step without communicating, and a resumed run plans exactly what an
 uninterrupted one would.
 
-Samples: each dataset is read as an endless stream, reshuffled every epoch
+Samples: each dataset is read as a stream of epochs, reshuffled every epoch
 (``permutation(seed, dataset, epoch)``). The ``k``-th step that draws dataset ``d`` takes stream
 positions ``[k * B, (k + 1) * B)`` of the global batch ``B``, where ``k`` is the number of
-earlier steps that drew ``d`` (computed in blocks and cached, so random access to any step is
-cheap). A process reads the rows its devices hold (``BatchShards``).
+earlier steps that drew ``d``. With ``"epoch"`` mixing a stream epoch is the dataset's full
+batches of one mixing epoch (the rest of the permutation is dropped, as the original's
+``drop_last``); with ``"weights"`` it is the whole split. A process reads the rows its devices
+hold (``BatchShards``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import threading
 from collections.abc import Sequence
 
 import numpy as np
 
-BLOCK = 4096  # steps per block of cached draw counts
+from ramen_jax.data import mixing as mixing_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,71 +44,51 @@ class DatasetDraws:
     gsds: tuple
     num_modalities: int
     weight: float
+    batches_per_epoch: int = 1  # full global batches per epoch (``"epoch"`` mixing)
 
 
 class StepPlan:
-    def __init__(self, datasets: Sequence[DatasetDraws], seed: int):
+    def __init__(self, datasets: Sequence[DatasetDraws], seed: int, mixing: str = "weights"):
         if not datasets:
             raise ValueError("no dataset configured")
-        weights = np.array([d.weight for d in datasets], np.float64)
-        if np.any(weights < 0) or weights.sum() <= 0:
-            raise ValueError(f"dataset weights must be >= 0 with a positive sum, got {weights}")
         self.datasets = tuple(datasets)
-        self.probabilities = weights / weights.sum()
         self.seed = int(seed)
-        self._blocks: list = []
-        self._lock = threading.Lock()  # Grain prepares several steps in threads
-
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self.mixing_name = mixing
+        self.mixing = mixing_lib.make_mixing(
+            mixing,
+            [d.weight for d in datasets],
+            self.seed,
+            [d.batches_per_epoch for d in datasets],
+        )
 
     def _rng(self, step: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, 0x5EED, step])
 
-    def _dataset_of(self, step: int) -> int:
-        return int(self._rng(step).choice(len(self.datasets), p=self.probabilities))
-
-    def _block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
-        """(draw counts before ``block``, dataset of each step of ``block``), cached."""
-        with self._lock:
-            while len(self._blocks) <= block:
-                start = len(self._blocks) * BLOCK
-                choices = np.array([self._dataset_of(s) for s in range(start, start + BLOCK)])
-                counts = np.zeros(len(self.datasets), np.int64)
-                if self._blocks:
-                    previous_counts, previous_choices = self._blocks[-1]
-                    counts = previous_counts + np.bincount(
-                        previous_choices, minlength=len(self.datasets)
-                    )
-                self._blocks.append((counts, choices))
-            return self._blocks[block]
-
     def __call__(self, step: int) -> StepDraw:
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
-        block, offset = divmod(step, BLOCK)
-        counts, choices = self._block(block)
-        counts = counts + np.bincount(choices[:offset], minlength=len(self.datasets))
+        index, draw = self.mixing(step)
         rng = self._rng(step)
-        index = int(rng.choice(len(self.datasets), p=self.probabilities))
+        if self.mixing_name == "weights":  # its dataset draw came first from this stream
+            rng.choice(len(self.datasets), p=self.mixing.probabilities)
         spec = self.datasets[index]
         gsd = float(spec.gsds[int(rng.integers(len(spec.gsds)))])
         size = int(rng.integers(1, spec.num_modalities + 1))
         kept = tuple(int(i) for i in rng.choice(spec.num_modalities, size, replace=False))
-        return StepDraw(step, index, gsd, kept, int(counts[index]))
+        return StepDraw(step, index, gsd, kept, draw)
 
 
 class SampleStream:
-    """Endless, epoch-reshuffled order over ``num_samples`` items of one dataset."""
+    """Endless, epoch-reshuffled order over ``num_samples`` items of one dataset; an epoch
+    reads the first ``samples_per_epoch`` items of its permutation (default: all)."""
 
-    def __init__(self, num_samples: int, seed: int, dataset_index: int):
+    def __init__(self, num_samples: int, seed: int, dataset_index: int, samples_per_epoch: int = 0):
         if num_samples < 1:
             raise ValueError("a dataset needs at least one sample")
+        if not 0 <= samples_per_epoch <= num_samples:
+            raise ValueError(f"samples_per_epoch {samples_per_epoch} outside 0..{num_samples}")
         self.num_samples = num_samples
+        self.samples_per_epoch = samples_per_epoch or num_samples
         self.seed = seed
         self.dataset_index = dataset_index
 
@@ -116,7 +98,7 @@ class SampleStream:
         return rng.permutation(self.num_samples)
 
     def __getitem__(self, position: int) -> int:
-        epoch, offset = divmod(position, self.num_samples)
+        epoch, offset = divmod(position, self.samples_per_epoch)
         return int(self._permutation(epoch)[offset])
 
 

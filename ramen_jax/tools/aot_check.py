@@ -139,7 +139,7 @@ def main(argv):
     platform, count, dims = parse_topology(_TOPOLOGY.value)
     import jax
 
-    from ramen_jax.training import sharding
+    from ramen_jax.training import run_length, sharding
     from ramen_jax.training.trainer import Trainer
 
     devices, why_not = None, None
@@ -164,6 +164,7 @@ def main(argv):
         if devices is not None
         else sharding.abstract_mesh(config.mesh, count)
     )
+    run_length.for_compiling_only(config)
     trainer = Trainer(config, "/tmp/unused", mesh=mesh)
     print(
         f"topology {_TOPOLOGY.value}: {count} devices, mesh "

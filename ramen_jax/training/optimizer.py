@@ -105,7 +105,15 @@ def torch_adamw(
 
 def learning_rate_schedule(optim_config, total_steps: int, steps_per_epoch: int):
     """Linear warmup from ``start_lr`` to ``lr`` over ``warmup_epochs``, then cosine decay to
-    ``end_lr`` at ``total_steps`` (the original's epoch-wise schedule, stepped per step)."""
+    ``end_lr`` at ``total_steps``, changed once per epoch (``optim.schedule_interval="epoch"``,
+    as the original's scheduler, ``epoch_schedule``) or at every step (``"step"``)."""
+    if steps_per_epoch <= 0 or total_steps <= 0:
+        raise ValueError(f"total_steps {total_steps} and steps_per_epoch {steps_per_epoch}")
+    interval = optim_config.get("schedule_interval", "step")
+    if interval == "epoch":
+        return epoch_schedule(optim_config, total_steps / steps_per_epoch, steps_per_epoch)
+    if interval != "step":
+        raise ValueError(f"optim.schedule_interval={interval!r}: use 'epoch' or 'step'")
     warmup = int(round(optim_config.warmup_epochs * steps_per_epoch))
     warmup = min(warmup, max(total_steps - 1, 0))
     cosine = optax.cosine_decay_schedule(
@@ -115,3 +123,23 @@ def learning_rate_schedule(optim_config, total_steps: int, steps_per_epoch: int)
         return cosine
     ramp = optax.linear_schedule(optim_config.start_lr, optim_config.lr, warmup)
     return optax.join_schedules([ramp, cosine], [warmup])
+
+
+def epoch_schedule(optim_config, max_epochs: float, steps_per_epoch: int):
+    """The original's per-epoch learning rate at epoch ``e = step // steps_per_epoch``: the
+    closed form of its linear-warmup cosine scheduler, ``start_lr + e (lr - start_lr) /
+    max(1, W - 1)`` for ``e < W`` (``lr`` reached in epoch ``W - 1``), then ``end_lr + (lr -
+    end_lr) (1 + cos(pi (e - W) / (max_epochs - W))) / 2`` (``lr`` again in epoch ``W``, and
+    ``end_lr`` only at ``max_epochs``, one epoch after the last)."""
+    warmup = float(optim_config.warmup_epochs)
+    peak, start, end = optim_config.lr, optim_config.start_lr, optim_config.end_lr
+    ramp = (peak - start) / max(1.0, warmup - 1)
+    decay_epochs = max(max_epochs - warmup, 1e-9)  # never reached when warmup >= max_epochs
+
+    def schedule(step):
+        epoch = (jnp.asarray(step) // steps_per_epoch).astype(jnp.float32)
+        warming = start + epoch * ramp
+        cosine = end + 0.5 * (peak - end) * (1 + jnp.cos(jnp.pi * (epoch - warmup) / decay_epochs))
+        return jnp.where(epoch < warmup, warming, cosine)
+
+    return schedule

@@ -6,17 +6,23 @@ restored and refuses a difference (``RunMismatch``), naming the fields.
 
 Identity (fixed for the life of a workdir): ``seed``; every ``model.*`` field except the
 execution choices listed in ``MODEL_EXECUTION`` (they change how the same parameters are
-computed, not what they are); ``data.time_padding``; per dataset its modalities, effective
+computed, not what they are); ``data.time_padding``; ``data.mixing`` (it decides which batch
+every step reads); per dataset its modalities, effective
 GSDs, weight, source settings other than ``path`` and its *global* batch (per-device batch x
 batch shards: the sample stream is laid out in global batches, so a resume on another device
 count keeps the data order by keeping the global batch, not the per-device one).
 
-Everything else may change on resume: ``total_steps``, ``steps_per_epoch`` and the other
+Everything else may change on resume: ``total_steps``, ``steps_per_epoch``, ``epochs`` and the other
 ``optim.*`` settings, ``contrastive.*``, ``checkpoint.*``, logging and preview cadence, mesh,
 sharding rules and device or process count, ``data.num_workers`` / ``num_threads`` /
 ``prefetch`` / ``max_buckets_per_dataset``, a dataset's ``source.path`` (data moved to another
 disk or bucket), ``compilation_cache_dir``, ``precompile``, ``program_map_limit``,
 ``init_from`` (only read by a fresh run).
+
+A field added to the identity after checkpoints were written without it is compared as
+``LEGACY_VALUES`` (by full name) or ``LEGACY_LEAF_VALUES`` (by last name) say: the value every
+earlier run had (``data.mixing`` was always ``"weights"`` before it could be chosen, a
+modality's ``temporal_dropout`` always 0).
 
 ``write_record`` keeps the latest launch's config, readable, in ``WORKDIR/run_config.json``.
 """
@@ -33,6 +39,8 @@ MODEL_EXECUTION = ("attention_impl", "dtype", "remat", "scan_layers")
 DATASET_FIELDS = ("modalities", "effective_gsds", "weight", "source")
 RECORD_FILE = "run_config.json"
 _ABSENT = "<absent>"
+LEGACY_VALUES = {"data.mixing": "weights"}  # what an identity without the field ran
+LEGACY_LEAF_VALUES = {"temporal_dropout": 0.0}
 
 
 class RunMismatch(RunError):
@@ -55,6 +63,7 @@ def identity(config: dict, global_batches: dict[str, int] | None) -> dict:
     _flatten("model", model, out)
     data = config.get("data", {})
     out["data.time_padding"] = data.get("time_padding", "mask")
+    out["data.mixing"] = data.get("mixing", LEGACY_VALUES["data.mixing"])
     for name, dataset in sorted(data.get("datasets", {}).items()):
         prefix = f"data.datasets.{name}"
         fields = {k: dataset.get(k) for k in DATASET_FIELDS}
@@ -91,6 +100,7 @@ def check(saved_meta: dict, current: dict, where: str) -> None:
     if saved is None:  # written before identities were recorded: compare what it has
         saved = identity(saved_meta.get("config", {}), None)
         current = {k: v for k, v in current.items() if not k.endswith(".global_batch")}
+    saved = {**legacy_values(current), **saved}
     diffs = differences(saved, current)
     if diffs:
         shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
@@ -99,6 +109,16 @@ def check(saved_meta: dict, current: dict, where: str) -> None:
             "that run's settings, or use another --workdir (docs/training.md lists "
             "the settings that may change on resume)"
         )
+
+
+def legacy_values(current: dict) -> dict:
+    """What a checkpoint written before each of ``current``'s newer fields existed ran."""
+    out = {k: v for k, v in LEGACY_VALUES.items() if k in current}
+    for key in current:
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf in LEGACY_LEAF_VALUES:
+            out[key] = LEGACY_LEAF_VALUES[leaf]
+    return out
 
 
 def write_record(workdir: str, config: dict, run_identity: dict) -> None:

@@ -35,6 +35,7 @@ from ramen_jax.training import (
     programs,
     reporting,
     run_identity,
+    run_length,
     sharding,
     workdir_lock,
 )
@@ -151,6 +152,7 @@ class Trainer:
         )
         self.graphdef = nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
         param_sh, stats_sh = sharding.state_shardings(abstract, self.rules, self.mesh)
+        run_length.resolve(config, self.datasets)  # lengths left at 0: from the data sizes
         self.schedule = learning_rate_schedule(
             config.optim, config.total_steps, config.steps_per_epoch
         )
@@ -295,6 +297,7 @@ class Trainer:
             mask_ratio=self.model_config.mask_ratio,
             shards=shards,
             mask_time_padding=config.data.get("time_padding", "mask") == "mask",
+            mixing=config.data.get("mixing", "weights"),
         )
         iterator = pipeline.make_iterator(
             batches,
