@@ -26,7 +26,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from test_encode import S2_BANDS, s2_scene, write_tif
-from test_multiprocess import free_port
 from test_storage import bucket_files
 from test_train import REPO, losses, run_train, train_command
 
@@ -147,64 +146,3 @@ def test_bucket_run_resumes_after_sigkill_then_converts_and_encodes(gcs_bucket, 
         path = tmp_path / f"downloaded_{name}"
         path.write_bytes(written[name])
         np.testing.assert_array_equal(np.load(path), np.load(tmp_path / "embeddings" / name))
-
-
-@pytest.mark.slow
-def test_two_processes_share_a_bucket_workdir_and_one_process_resumes_it(gcs_bucket, tmp_path):
-    """Two jax.distributed CPU processes, as the hosts of a slice, train into one ``gs://``
-    workdir (each writes its part of every checkpoint, process 0 the logs); with its last
-    checkpoint removed, one process continues the run from the bucket. Losses equal a
-    one-process run's within 1e-5 relative (the batch is split over processes: sums run in
-    another order)."""
-    settings = (
-        "--config.total_steps=5",
-        "--config.checkpoint.every_steps=3",
-        "--config.preview_every_steps=0",
-        "--config.data.max_buckets_per_dataset=1",
-        "--config.workdir_sync_seconds=0",
-    )
-    workdir = f"{gcs_bucket}/pod"
-    port = free_port()
-    processes = [
-        subprocess.Popen(
-            [
-                *train_command(workdir, "configs/demo.py:tiny", *settings),
-                "--config.data.datasets.bigearthnet.per_device_batch=1",
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={index}",
-            ],
-            cwd=REPO,
-            env={**os.environ, "JAX_PLATFORMS": "cpu"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for index in range(2)
-    ]
-    for process in processes:
-        _, err = process.communicate(timeout=600)
-        assert process.returncode == 0, err[-3000:]
-    one_process = ("--config.data.datasets.bigearthnet.per_device_batch=2",)
-    local = tmp_path / "local"
-    run_train(local, "configs/demo.py:tiny", *settings, *one_process)
-    expected = losses(local)
-    two = bucket_metrics(workdir)
-    assert [m["step"] for m in two] == [1, 2, 3, 4, 5]  # process 0 writes the logs
-    np.testing.assert_allclose(
-        [m["loss"] for m in two], [expected[step] for step in range(1, 6)], rtol=1e-5
-    )
-
-    import gcsfs
-
-    gcsfs.GCSFileSystem(skip_instance_cache=True).rm(
-        f"{workdir.removeprefix('gs://')}/checkpoints/5", recursive=True
-    )
-    assert saved_steps(workdir) == [3]
-    run_train(workdir, "configs/demo.py:tiny", *settings, *one_process)
-    resumed = bucket_metrics(workdir)[5:]
-    assert [m["step"] for m in resumed] == [4, 5]
-    np.testing.assert_allclose(
-        [m["loss"] for m in resumed], [two[3]["loss"], two[4]["loss"]], rtol=1e-5
-    )
-    assert saved_steps(workdir) == [3, 5]
