@@ -16,8 +16,8 @@ def test_restart_and_dropped_programs_compile_nothing_new(tmp_path):
             "-m",
             "ramen_jax.perf.compile_check",
             "--config=configs/demo.py:tiny",
-            "--steps=8",
-            "--restart_at=4",
+            "--steps=12",
+            "--restart_at=6",
             "--nosmall_model",
             f"--workdir={tmp_path}",
             # room for no executable: every change of step shape drops and reloads one
@@ -33,11 +33,12 @@ def test_restart_and_dropped_programs_compile_nothing_new(tmp_path):
     assert 1 <= report["distinct_shapes"] <= report["max_shapes"]
     assert report["distinct_shapes"] >= 2
     assert report["run1_programs_dropped"] >= 1 and report["run1_programs_reloaded"] >= 1
-    # one program per step shape, plus the state initialisation; reloads read the cache
-    assert report["run1_xla_compiles"] == report["distinct_shapes"] + 1
+    # one program per step shape, plus the state initialisation and the checkpoint's
+    # all-finite/digest check; reloads read the cache
+    assert report["run1_xla_compiles"] == report["distinct_shapes"] + 2
     assert report["run1_cache_hits"] >= report["run1_programs_reloaded"]
     assert report["restart_xla_compiles"] == 0
     assert report["restart_cache_hits"] >= report["restart_shapes"] >= 1
     run1 = (tmp_path / "run1.log").read_text()
     run2 = (tmp_path / "run2.log").read_text()
-    assert "step 8/8" in run1 and "resumed from" in run2 and "step 8/8" in run2
+    assert "step 12/12" in run1 and "resumed from" in run2 and "step 12/12" in run2

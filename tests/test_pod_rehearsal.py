@@ -45,7 +45,7 @@ def pod_flags(config, data_dir, bucket, cache_dir) -> list[str]:
         f"--config.total_steps={STEPS}",
         "--config.steps_per_epoch=3",
         "--config.optim.warmup_epochs=1",
-        "--config.data.max_buckets_per_dataset=2",
+        "--config.data.max_buckets_per_dataset=1",  # three datasets: three step shapes
         "--config.data.num_workers=1",
         "--config.log_every_steps=1",
         "--config.preview_every_steps=0",
