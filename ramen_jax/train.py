@@ -8,6 +8,7 @@ on any host, with a checkpoint written at a step all hosts agreed on (re-run the
 to continue); 1 a failure reported as one ``error:`` line (``ramen_jax.training.failures``).
 """
 
+import logging as std_logging
 import os
 import sys
 
@@ -66,6 +67,9 @@ def main(argv):
         sys.exit(PREEMPTED_EXIT_CODE)
     except RunError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
+        # The failure is reported: a failed async write's orphaned asyncio futures would log
+        # the same error again as a traceback when the interpreter tears down.
+        std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
         sys.exit(e.exit_code)
 
 
