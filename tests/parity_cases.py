@@ -1,4 +1,4 @@
-"""Turns the original's parity fixtures (tests/fixtures, copied from ../shared/fixtures) into
+"""Turns the original's parity fixtures (tests/fixtures, made by the original PyTorch code) into
 ramen_jax models, batches and comparisons. Used by the parity tests and ``parity_report.py``.
 
 Tolerances (see tests/fixtures/README.md, 'Noise levels and suggested tolerances'):

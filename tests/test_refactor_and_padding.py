@@ -1,5 +1,6 @@
-"""The SPEC C1 refactor computes the original's function, and padding never leaks into valid
-tokens, with every attention implementation this machine's backends offer."""
+"""Projecting on the token grid (it commutes with resizing) computes the original's function,
+and padding never leaks into valid tokens, with every attention implementation this machine's
+backends offer."""
 
 import jax
 import jax.numpy as jnp

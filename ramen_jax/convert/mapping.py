@@ -1,7 +1,7 @@
 """Parameter-name mapping between ramen_jax state and the original PyTorch ``state_dict``.
 
 Our state is a flat ``{path tuple: array}`` (``nnx.to_flat_state``); PyTorch names are the
-``RAMENMAE`` names of ``../shared/KEYS.md`` (``encoder.*`` / ``decoder.*``). The mapping is a
+``RAMENMAE`` state_dict names of the original (``encoder.*`` / ``decoder.*``). The mapping is a
 short table of module renames plus four leaf rules:
 
 - Linear ``weight [out, in]`` <-> ``kernel [in, out]`` (transpose);

@@ -1,4 +1,4 @@
-"""Reading and writing the original RAMEN's PyTorch checkpoints (SPEC B6).
+"""Reading and writing the original RAMEN's PyTorch checkpoints.
 
 Two formats, both ``torch.save`` pickles of ``{"state_dict": {name: tensor}}``:
 

@@ -7,7 +7,7 @@ the decoder projector map Dd-wide tokens to the modality's C channels.
 
 The original resizes Dd-wide features to every native pixel and only then projects to C channels.
 Experts and projection are pointwise affine and the resize is linear with unit row sums, so we
-project on the token grid first and resize only C channels (SPEC C1): the same function at a
+project on the token grid first and resize only C channels: the same function at a
 fraction of the cost (``docs/performance.md``). ``reference.py`` keeps the original order.
 """
 

@@ -1,7 +1,7 @@
 """RAMEN encoder: any set of modalities at their native GSD -> tokens on one effective-GSD grid.
 
 Per modality: resize the raw channels to the token grid (exact composition of the original's
-bilinear resizes, SPEC C1), project channels to width D with the modality kind's projector,
+bilinear resizes), project channels to width D with the modality kind's projector,
 apply the scale-gated expert mixture, run the L-TAE over time for time-series modalities, then
 ``in_norm``. Tokens of all kept modalities form one flat sequence (``ramen_jax.data.layout``
 describes it), share the same resolution-scaled 2-D position code (no modality embedding), and

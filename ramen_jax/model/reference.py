@@ -1,7 +1,7 @@
 """The decoder's reconstruction head in the original's order, for tests and benchmarks.
 
 The product computes reconstructions on the token grid and resizes only the C output channels
-(``Decoder.__call__``, SPEC C1). The original resizes the Dd-wide decoder features to every
+(``Decoder.__call__``). The original resizes the Dd-wide decoder features to every
 native pixel (bilinear by ``g / gsd``, then a size-based resize to the native side when needed),
 applies the expert mixture there, and projects to C channels last. ``original_order_recon``
 does exactly that, so tests can show both orders compute the same function and

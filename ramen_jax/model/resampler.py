@@ -3,7 +3,7 @@
 The original computes ``y = up(x) + sum_i w_i(r) * expert_i(up(x))`` on D-wide feature maps,
 where ``up`` is a bilinear resize by scale ``r`` and ``w = softmax(mlp(sincos(log r)) / T)``.
 Because ``up`` is linear with weights summing to one per output pixel and the experts are
-pointwise affine, the two commute (SPEC C1): we apply the experts on the token grid and move the
+pointwise affine, the two commute: we apply the experts on the token grid and move the
 resizing onto the few raw channels (``ramen_jax.geometry``). This module therefore exposes the
 gate and the expert mixture separately; ``resample_features`` keeps the original order for the
 reference path and its tests.
