@@ -165,7 +165,7 @@ def main(argv):
         else sharding.abstract_mesh(config.mesh, count)
     )
     run_length.for_compiling_only(config)
-    trainer = Trainer(config, "/tmp/unused", mesh=mesh)
+    trainer = Trainer(config, "/tmp/unused", mesh=mesh, platform=platform)
     print(
         f"topology {_TOPOLOGY.value}: {count} devices, mesh "
         f"{dict(trainer.mesh.shape)}, model {trainer.model_config.embed_dim}-wide x "
