@@ -43,7 +43,6 @@ ATTENTION_CHUNK = 1024  # queries per chunk of the "chunked" implementation
 # is faster than XLA's dot_product_attention with XLA's CPU backend, and chunking it keeps long
 # sequences within host memory for ~1% of step time (docs/performance.md).
 PLATFORM_DEFAULTS = {"tpu": "splash", "gpu": "cudnn", "cpu": "chunked"}
-IMPLEMENTATIONS = ("xla", "cudnn", "einsum", "chunked", "splash", "splash_interpret")
 
 SPLASH_LANES = 128  # splash blocks are multiples of 128 tokens: sequences are padded to it
 SPLASH_BLOCKS = (512, 256, 128)  # the largest that divides the padded length is used
@@ -63,27 +62,30 @@ def resolve(implementation: str | None, platform: str) -> str:
         return default_attention(platform)
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
-            f"unknown attention implementation {implementation!r}; one of {IMPLEMENTATIONS}"
+            f"unknown attention implementation {implementation!r}; one of {list(IMPLEMENTATIONS)}"
         )
     return implementation
 
 
 def attention(q, k, v, key_mask, implementation: str | None = None):
     """Attention on ``[B, L, heads, head_dim]`` with key mask ``[B, L]`` (see module doc)."""
-    if implementation == "chunked":
-        return chunked_attention(q, k, v, key_mask)
-    if q.dtype == jnp.float64 or implementation == "einsum":
-        return einsum_attention(q, k, v, key_mask)
-    if implementation in ("splash", "splash_interpret"):
-        return splash_attention(q, k, v, key_mask, interpret=implementation == "splash_interpret")
-    if implementation == "cudnn":
-        why = cudnn_unsupported(q.shape, q.dtype)
-        if why is None:
-            return cudnn_attention(q, k, v, key_mask)
-        _log_once(f"cudnn attention falls back to xla: {why}")
-        implementation = "xla"
+    name = implementation or "xla"
+    if q.dtype == jnp.float64 and name != "chunked":
+        name = "einsum"
+    return IMPLEMENTATIONS[name](q, k, v, key_mask)
+
+
+def xla_attention(q, k, v, key_mask):
     mask = None if key_mask is None else key_mask[:, None, None, :]
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+
+
+def cudnn_or_xla_attention(q, k, v, key_mask):
+    why = cudnn_unsupported(q.shape, q.dtype)
+    if why is None:
+        return cudnn_attention(q, k, v, key_mask)
+    _log_once(f"cudnn attention falls back to xla: {why}")
+    return xla_attention(q, k, v, key_mask)
 
 
 @functools.cache
@@ -236,6 +238,16 @@ def under_mesh(mesh, fn):
             return fn(*args, **kwargs)
 
     return traced
+
+
+IMPLEMENTATIONS = {
+    "xla": xla_attention,
+    "cudnn": cudnn_or_xla_attention,
+    "einsum": einsum_attention,
+    "chunked": chunked_attention,
+    "splash": functools.partial(splash_attention, interpret=False),
+    "splash_interpret": functools.partial(splash_attention, interpret=True),
+}
 
 
 def platform_of(mesh) -> str:
