@@ -30,6 +30,12 @@ jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def xla_flags(devices: int) -> str:
+    """The suite's XLA flags plus ``devices`` simulated CPU devices, for a subprocess's
+    ``XLA_FLAGS`` (replacing the variable would drop the optimisation level set above)."""
+    return f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={devices}"
+
+
 def pytest_sessionfinish(session, exitstatus):
     """RAMEN_PARITY_REPORT=path: the worst relative error per fixture case and precision of the
     parity tests that ran, as a table on stdout and JSON at ``path``."""

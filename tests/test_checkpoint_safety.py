@@ -20,6 +20,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import xla_flags
 from test_train import REPO, losses, metrics, train_command
 
 from configs import demo
@@ -158,7 +159,7 @@ tree = {"x": jax.device_put(x, NamedSharding(mesh, P("a", "b"))),
         "y": jax.device_put(x[:8], NamedSharding(mesh, P(None, "b")))}
 print(StateCheck().check(tree)[1])
 """
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(8)}
     out = subprocess.run(
         [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True
     )

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from conftest import xla_flags
 from flax import nnx
 
 from ramen_jax import sensors
@@ -348,7 +349,7 @@ np.save(sys.argv[2], encoded.maps[0])
 def test_batches_are_split_over_devices(model_dir, tmp_path):
     """Two simulated CPU devices (batch of 3 padded to 4) give the one-device result."""
     out = tmp_path / "sharded.npy"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(2)}
     command = [sys.executable, "-c", SHARDED, str(model_dir[0]), str(out)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

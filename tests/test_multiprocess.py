@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+from conftest import xla_flags
 from test_train import REPO, losses, run_train
 
 SETTINGS = (
@@ -92,8 +93,7 @@ def launch(workdir, *overrides, processes=2, devices=1, env=None, per_process=No
     as one jax.distributed job, each in its own process group (so a signal can reach one host
     and its Grain workers). ``per_process[i]``: extra flags of process ``i``."""
     port = free_port()
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags.strip(), **(env or {})}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags(devices), **(env or {})}
     return [
         subprocess.Popen(
             [

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import xla_flags
 from test_multiprocess import free_port
 from test_train import REPO
 
@@ -145,7 +146,7 @@ def test_pod_rehearsal_skewed_sigterm_relaunch_matches_an_uninterrupted_run(tmp_
     env = {
         **os.environ,  # the emulator's variables (tests/conftest.py)
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "XLA_FLAGS": xla_flags(2),
     }
     hosts_cache = tmp_path / "hosts"
 

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -120,8 +121,7 @@ def test_sigkill_and_sigterm_then_restart_reproduce_the_losses(tmp_path):
 
 
 def _three_step_losses(workdir, mesh, per_device_batch, devices):
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
-    env = {"XLA_FLAGS": flags.strip()}
+    env = {"XLA_FLAGS": xla_flags(devices)}
     data, fsdp, tensor = mesh
     run_train(
         workdir,

@@ -353,6 +353,11 @@ class Trainer:
                 signature = pipeline.signature(host_batch)
                 new_shape = signature not in shapes_run
                 shapes_run.add(signature)
+                batch = sharding.device_batch(host_batch, self.mesh, self.rules)
+                step_fn = self.step_fn(host_batch["dataset"])
+                if new_shape:  # compiled before the hosts agree: none waits in a collective
+                    # while another compiles (CPU collectives give up after 30 s)
+                    self.programs.prepare(("step", signature), step_fn, state, batch)
                 if sync.due(step, new_shape) and sync.exchange(
                     step,
                     host_sync.signature_digest(signature),
@@ -367,8 +372,6 @@ class Trainer:
                     )
                     raise Preempted(step)
                 self.compiled_signatures.add(signature)
-                batch = sharding.device_batch(host_batch, self.mesh, self.rules)
-                step_fn = self.step_fn(host_batch["dataset"])
                 state, metrics = self.programs(("step", signature), step_fn, state, batch)
                 done = step + 1
                 pending.append((done, metrics))
