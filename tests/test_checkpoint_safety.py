@@ -253,6 +253,20 @@ def test_a_full_disk_fails_the_asynchronous_save_at_the_next_poll(tmp_path, tmpf
     assert sorted(p.name for p in small_disk.iterdir() if p.name.isdigit()) == ["1"]
 
 
+
+def test_a_shortened_save_error_keeps_the_operating_systems_reason():
+    """TensorStore's one-line errors run to hundreds of characters of paths and keys; the
+    elided line still names what the OS said, wherever it was."""
+    path = "/tmp/" + "very_long_directory_name/" * 20
+    deep = OSError(f"Error writing {path}d/0: [OS error 28: No space left on device] {path}")
+    line = checkpointing.one_line(deep)
+    assert "OS error 28: No space left on device" in line and "\n" not in line
+    assert len(line) < 420
+    later = RuntimeError("write failed\n" + "x" * 50 + "\n[Errno 28] No space left on device")
+    assert checkpointing.one_line(later) == "write failed ([Errno 28] No space left on device)"
+    assert checkpointing.one_line(ValueError("short")) == "short"
+
+
 # -- restoring -------------------------------------------------------------------------------
 
 

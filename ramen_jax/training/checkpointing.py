@@ -31,6 +31,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -111,12 +112,22 @@ def abstract_tree(state_abstract: TrainState, shardings: TrainState) -> dict:
     )
 
 
+# What the operating system said, in TensorStore's and Python's wording ("[OS error 28: No
+# space left on device]", "[Errno 28] No space left on device"): the part a user acts on.
+_OS_ERROR = re.compile(r"OS error \d+: [^\]\n]+|\[Errno \d+\] [^\n'\"]+")
+
+
 def one_line(error: BaseException, limit: int = 320) -> str:
-    """An exception as one short line (Orbax and TensorStore messages run to pages)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    """An exception as one short line (Orbax and TensorStore messages run to pages), keeping
+    the operating system's reason when the shortening would cut it out."""
+    full = str(error)
+    lines = [line.strip() for line in full.splitlines() if line.strip()]
     text = lines[0] if lines else type(error).__name__
     if len(text) > limit:
         text = text[: limit // 3] + " ... " + text[-(2 * limit) // 3 :]
+    cause = _OS_ERROR.search(full)
+    if cause and cause.group(0) not in text:
+        text += f" ({cause.group(0).strip()})"
     return text
 
 
