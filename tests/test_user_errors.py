@@ -180,6 +180,39 @@ def test_mmearth_bad_flag_is_one_line(tmp_path, capsys):
     assert "is a URL" in assert_one_line_error(capsys, call(mmearth.main, argv), out)
 
 
+CONFIG_CASES = {
+    # name: (field, value, words of the message)
+    "log_every_zero": ("log_every_steps", 0, "log_every_steps=0: must be a whole number >= 1"),
+    "negative_lr": ("optim.lr", -1e-3, "gradient ascent"),
+    "negative_total_steps": ("total_steps", -5, "total_steps=-5"),
+    "nan_weight_decay": ("optim.weight_decay", float("nan"), "weight_decay=nan"),
+    "zero_batch": ("data.datasets.bigearthnet.per_device_batch", 0, "per_device_batch=0"),
+    "zero_gsd": ("data.datasets.bigearthnet.effective_gsds", [0.0], "GSD 0.0 m"),
+    "micrometres": ("data.datasets.bigearthnet.modalities.s2_10m.channels", [0.49], "'0.49'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_CASES))
+def test_training_config_values_are_checked_before_any_work(case):
+    """The checks ``python -m ramen_jax.train`` runs right after parsing its flags (one real
+    command below shows the line it prints); each value here used to crash after the first
+    compilation, train by gradient ascent, or run for ever."""
+    from configs import demo
+    from ramen_jax.training import config_checks
+
+    config = demo.get_config()
+    config_checks.check_config(config)  # the demo config itself is fine
+    path, value, words = CONFIG_CASES[case]
+    *parents, field = path.split(".")
+    node = config
+    for key in parents:
+        node = node[key]
+    node[field] = value
+    with pytest.raises(config_checks.ConfigError) as error:
+        config_checks.check_config(config)
+    assert words in str(error.value), error.value
+
+
 def command(*argv, cwd):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
     return subprocess.run(
@@ -197,10 +230,6 @@ SUBPROCESS_CASES = {
         ["ramen_jax.train", "--config", "missing.py", "--workdir", "{wd}"],
         "no such config file",
     ),
-    "train_log_every_zero": (
-        ["ramen_jax.train", "--config", DEMO, "--workdir", "{wd}", "--config.log_every_steps=0"],
-        "log_every_steps=0",
-    ),
     "train_negative_lr": (
         ["ramen_jax.train", "--config", DEMO, "--workdir", "{wd}", "--config.optim.lr=-1e-3"],
         "gradient ascent",
@@ -209,6 +238,11 @@ SUBPROCESS_CASES = {
         ["ramen_jax.encode", "--checkpoint", "{files}/ckpt", "--out", "{wd}", "--gsd", "nan"]
         + ["--input", "s2={files}/s2.tif", "--channels", "s2=490,560,665,842"],
         "GSD nan m",
+    ),
+    "data_bench_without_config": (["ramen_jax.data.bench", "--batches", "2"], "--config"),
+    "bench_missing_config": (
+        ["ramen_jax.bench", "--config", "missing.py"],
+        "no such config file",
     ),
     "mmearth_truncated_h5": (
         ["data_prep.mmearth", "--src", "{files}/mmearth", "--out", "{wd}"],
