@@ -264,3 +264,25 @@ def test_real_command_bad_input(files, tmp_path, case):
     assert result.returncode != 0 and len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr and words in lines[0], lines
     assert not wd.exists()
+
+
+def test_encode_that_fails_while_writing_leaves_no_outputs(files, tmp_path, capsys, monkeypatch):
+    """The files of a GSD are written in a hidden staging directory and renamed into --out only
+    when all are complete: a failure after the maps and GeoTIFF were written (a full disk, a
+    kill) leaves nothing under the final names, and the staging directory is removed."""
+    from ramen_jax.encode import scene
+
+    written = []
+
+    def write_then_fail(result, prefix, formats):
+        written.extend(scene_write(result, prefix, formats))
+        raise OSError(28, "No space left on device")
+
+    scene_write = scene.write_outputs
+    monkeypatch.setattr(scene, "write_outputs", write_then_fail)
+    out = tmp_path / "out"
+    line = assert_one_line_error(
+        capsys, call(encode_cli.main, encode_args(files, out, "--gsd", "40")), out
+    )
+    assert "No space left" in line and len(written) == 4
+    assert os.listdir(tmp_path) == []  # no staging directory left either
