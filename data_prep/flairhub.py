@@ -60,6 +60,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from data_prep import common, flairhub_dates
+from ramen_jax import cli
 
 COLUMNS = {
     "aerial": "AERIAL_RGBI",
@@ -266,7 +267,7 @@ def parse_date_files(values: list[str]) -> dict[str, list[Path]]:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = cli.OneLineParser(
         prog="python -m data_prep.flairhub",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

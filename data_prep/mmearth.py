@@ -51,6 +51,7 @@ import h5py
 import numpy as np
 
 from data_prep import common
+from ramen_jax import cli
 
 S2_WAVELENGTHS = (443, 490, 560, 665, 705, 740, 783, 842, 865, 945, 1370, 1610, 2190)
 S1_KEYS = ("asc_vv", "asc_vh", "asc_hh", "asc_hv", "des_vv", "des_vh", "des_hh", "des_hv")
@@ -87,6 +88,13 @@ def find_h5(src: Path) -> Path:
     candidates = sorted(src.glob("data_*.h5"))
     if len(candidates) != 1:
         raise common.SourceError(src, f"expected one data_*.h5 file, found {len(candidates)}")
+    try:  # the header and its stated size: a truncated download fails here, before any work
+        with h5py.File(candidates[0], "r"):
+            pass
+    except OSError as error:
+        raise common.SourceError(
+            candidates[0], f"not a readable HDF5 file ({error}); download it again"
+        ) from None
     return candidates[0]
 
 
@@ -231,7 +239,7 @@ def s2_product(metadata: np.void, s2_h5_order: np.ndarray) -> str:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = cli.OneLineParser(
         prog="python -m data_prep.mmearth",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep import common
+from ramen_jax import cli
 
 GRID = 4  # tiles per side
 S2_RESAMPLED_SIDE = 158
@@ -261,7 +262,7 @@ def day_of_year(text: str) -> int:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = cli.OneLineParser(
         prog="python -m data_prep.worldstrat",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -29,6 +29,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from ramen_jax import cli
 from ramen_jax.data import pipeline
 from ramen_jax.model import attention as attention_lib
 from ramen_jax.model import state as state_lib
@@ -293,4 +294,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=lambda argv: cli.parse_absl_flags(argv, _CONFIG))

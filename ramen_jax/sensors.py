@@ -15,6 +15,7 @@ is a time series. ``ModalitySpec`` carries that description; configs build them 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 
 OPTICAL, SAR, DEM = "optical", "sar", "dem"
@@ -26,8 +27,40 @@ DEM_KEYS = ("dsm", "dtm", "slope")
 KEYED_KINDS = {SAR: SAR_KEYS, DEM: DEM_KEYS}
 
 
+# Central wavelengths accepted for optical channels, in nm: from the near ultraviolet (300 nm,
+# where the atmosphere stops passing sunlight) to the far end of the thermal infrared window
+# (15000 nm; Landsat's TIRS bands sit at 10900 and 12000 nm). Spectral Earth-observation
+# sensors measure within it; a value outside is a unit slip (micrometres, GHz) or a typo.
+WAVELENGTH_RANGE_NM = (300.0, 15000.0)
+
+
 class ModalityError(ValueError):
     """A modality description or an input array that RAMEN cannot use."""
+
+
+def check_gsd(gsd, what: str) -> float:
+    """``gsd`` as a float, or a ``ModalityError`` naming ``what`` unless it is finite and > 0."""
+    try:
+        value = float(gsd)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ModalityError(f"{what}: GSD {gsd} m is not a ground distance; give a finite GSD > 0")
+    return value
+
+
+def check_wavelengths(channels: Sequence, what: str) -> tuple[float, ...]:
+    """Optical channels as floats; a ``ModalityError`` for any outside ``WAVELENGTH_RANGE_NM``."""
+    low, high = WAVELENGTH_RANGE_NM
+    values = tuple(float(c) for c in channels)
+    bad = [c for c in values if not low <= c <= high]  # NaN fails both comparisons
+    if bad:
+        raise ModalityError(
+            f"{what}: wavelength(s) {[f'{c:g}' for c in bad]} nm outside {low:g}-{high:g} nm, "
+            "the range spectral sensors measure (near ultraviolet to thermal infrared); "
+            "give central wavelengths in nm"
+        )
+    return values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +98,8 @@ class ModalitySpec:
                 raise ModalityError(
                     f"optical modality {self.name!r}: channels must be wavelengths in nm, got {bad}"
                 )
-            object.__setattr__(self, "channels", tuple(float(c) for c in self.channels))
+            channels = check_wavelengths(self.channels, f"optical modality {self.name!r}")
+            object.__setattr__(self, "channels", channels)
         else:
             valid = KEYED_KINDS[self.kind]
             keys = tuple(str(c).lower() for c in self.channels)
@@ -76,8 +110,7 @@ class ModalitySpec:
                     f"valid keys are {list(valid)}"
                 )
             object.__setattr__(self, "channels", keys)
-        if not self.gsd > 0:
-            raise ModalityError(f"modality {self.name!r}: gsd must be > 0, got {self.gsd}")
+        check_gsd(self.gsd, f"modality {self.name!r}")
         if int(self.side) < 1:
             raise ModalityError(f"modality {self.name!r}: side must be >= 1, got {self.side}")
         object.__setattr__(self, "gsd", float(self.gsd))

@@ -13,7 +13,9 @@ offer, and what is done instead:
   object); stores without compose get the object rewritten;
 - a real local file: libraries that open files themselves (rasterio, ``torch.save`` /
   ``torch.load``, NumPy memory maps) get one from ``local_copy`` (a download to a temporary
-  directory) or ``local_output`` (written locally, uploaded when the block ends without error).
+  directory) or ``local_output`` (written locally, uploaded when the block ends without error);
+  a directory of outputs that must appear complete or not at all is written in a staging
+  directory and published file by file (``staged_output_dir``).
 
 Importing this module also keeps gcsfs and google-auth from repeating the same warnings at
 every operation (``REPEATED_WARNINGS``: the first of each is shown).
@@ -188,6 +190,52 @@ def local_output_dir(path) -> Iterator[str]:
             for name in sorted(names):
                 local = os.path.join(root, name)
                 upload_file(local, join(path, os.path.relpath(local, directory)))
+
+
+class StagedOutput:
+    """Files written in a local staging directory, then published under ``path`` whole.
+
+    ``directory`` is where to write; ``publish()`` moves every file written since the last
+    publish into ``path`` (created then) by rename when ``path`` is local (the staging
+    directory is a hidden sibling of ``path``, on the same file system), by upload when it is
+    a URL. A process killed mid-write leaves its files under the hidden staging name, never
+    under their final names; ``staged_output_dir`` removes the staging directory on exit.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        if is_remote(path):
+            self.directory = tempfile.mkdtemp(prefix="ramen_jax_upload_")
+        else:
+            target = os.path.abspath(os.fspath(path))
+            parent, name = os.path.split(target)
+            os.makedirs(parent, exist_ok=True)
+            self.directory = tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent)
+
+    def publish(self) -> list[str]:
+        published = []
+        for root, _, names in os.walk(self.directory):
+            for name in sorted(names):
+                local = os.path.join(root, name)
+                target = join(self.path, os.path.relpath(local, self.directory))
+                if is_remote(self.path):
+                    upload_file(local, target)
+                    os.remove(local)
+                else:
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    os.replace(local, target)
+                published.append(target)
+        return published
+
+
+@contextlib.contextmanager
+def staged_output_dir(path) -> Iterator[StagedOutput]:
+    """A ``StagedOutput`` for directory ``path``; unpublished files are discarded at exit."""
+    staged = StagedOutput(path)
+    try:
+        yield staged
+    finally:
+        shutil.rmtree(staged.directory, ignore_errors=True)
 
 
 def list_files(path) -> dict[str, int]:

@@ -16,6 +16,9 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from ramen_jax import cli, logs
+from ramen_jax.training import config_checks
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/base.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and previews go here.")
 _COORDINATOR = flags.DEFINE_string(
@@ -23,6 +26,7 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes of a manual run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (manual run).")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the libraries' INFO logs (Orbax, absl).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Environment variables that mean "several processes, let JAX detect the cluster".
@@ -48,11 +52,23 @@ def initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing with every flag mistake as one ``error:`` line (``ramen_jax.cli``),
+    then the config's values checked, all before the heavy imports and the workdir."""
+    rest = cli.parse_absl_flags(argv, _CONFIG)
+    try:
+        config_checks.check_config(_CONFIG.value)
+    except config_checks.ConfigError as e:
+        sys.exit(cli.report(e, e.exit_code))
+    return rest
+
+
 def main(argv):
     del argv
+    logs.configure_from_absl_flags(flags.FLAGS, verbose=_VERBOSE.value)
     initialize_distributed()
     from ramen_jax.training.failures import PREEMPTED_EXIT_CODE, Preempted, RunError
-    from ramen_jax.training.trainer import train_and_evaluate
+    from ramen_jax.training.trainer import run_summary, train_and_evaluate
 
     logging.info(
         "JAX %s: %d processes, %d devices (%d local)",
@@ -63,10 +79,12 @@ def main(argv):
     )
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        if jax.process_index() == 0:
+            print(run_summary(_WORKDIR.value, _CONFIG.value), flush=True)
     except Preempted:
         sys.exit(PREEMPTED_EXIT_CODE)
     except RunError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        cli.report(e)
         # The failure is reported: a failed async write's orphaned asyncio futures would log
         # the same error again as a traceback when the interpreter tears down.
         std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
@@ -74,4 +92,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -81,7 +81,9 @@ def test_plan_tiles_geometry():
     assert one_pass.origins == ((0, 0),) and (one_pass.rows, one_pass.pixel_size) == (16, 40.0)
     # 60 m bands at g = 40 m: tiles start every 3 output pixels (120 m = 2 pixels of 60 m).
     lattice = tiling.plan_tiles((126, 198), 10.0, [10.0, 20.0, 60.0], 40.0, tile=10, overlap=2)
-    assert lattice.tile == 9 and lattice.overlap == 3 and (lattice.rows, lattice.cols) == (30, 48)
+    # 1260 m x 1980 m at 40 m: ceil(31.5) x ceil(49.5) pixels, the last row and column reaching
+    # 20 m past the scene (edge to edge); tiles on the 3-pixel lattice may reach past the grid.
+    assert lattice.tile == 9 and lattice.overlap == 3 and (lattice.rows, lattice.cols) == (32, 50)
     for origin in lattice.origins:
         for gsd in (10.0, 20.0, 60.0):
             scale = 40.0 / gsd
@@ -172,3 +174,101 @@ def test_real_model_tiles_match_their_own_encoding(tmp_path):
         assert interior.sum() >= 64
         got = result.maps[0][:, r : r + 24, c : c + 24][:, interior]
         np.testing.assert_allclose(got, alone[index][:, interior], atol=1e-5)
+
+
+def test_scene_is_covered_edge_to_edge_with_nodata_marked(tmp_path):
+    """28.5 m pixels (Landsat-like) at g = 120 m: 100 x 110 px = 23.75 x 26.125 output pixels.
+    The output must have ceil() = 24 x 27 pixels from the scene's corner (the last row and
+    column reaching past the edge by less than a pixel; flooring and cutting to the 19-pixel
+    lattice unit used to keep 19 x 19, losing 40% of the scene). Output pixels whose footprint
+    holds no valid input pixel are NaN, the GeoTIFF's declared nodata: here the input's first
+    30 rows are nodata, so output rows 0-6 (footprints ending at 29.5 input rows) are nodata
+    and row 7 is not."""
+    import rasterio
+    from affine import Affine
+
+    rng = np.random.default_rng(3)
+    pixels = rng.normal(size=(100, 110, 4))
+    pixels[:30] = np.nan
+    corner = Affine(28.5, 0, 500_000.0, 0, -28.5, 4_000_000.0)
+    landsat = inputs.from_array(
+        "l7",
+        pixels,
+        gsd=28.5,
+        channels=[485, 560, 660, 835],
+        crs=rasterio.crs.CRS.from_epsg(32631),
+        transform=corner,
+    )
+    save_encoder(tmp_path / "model")
+    encoder = runner.FrozenEncoder(checkpoints.load_encoder_weights(tmp_path / "model"))
+    result = scene.encode_scene(encoder, [landsat], 120.0, tile=32, progress=False)
+    maps = np.asarray(result.maps[0])
+    assert maps.shape == (TINY.embed_dim, 24, 27) and result.pixel_size == 120.0
+    assert 23 * 120 < 100 * 28.5 <= 24 * 120 and 26 * 120 < 110 * 28.5 <= 27 * 120
+    assert result.transform == Affine(120.0, 0, 500_000.0, 0, -120.0, 4_000_000.0)
+    nodata = np.isnan(maps).all(axis=0)
+    assert nodata[:7].all() and np.isfinite(maps[:, 7:]).all()
+    assert result.nodata_pixels == 7 * 27
+    scene.write_outputs(result, tmp_path / "out" / "g120m", ("tif",))
+    with rasterio.open(tmp_path / "out" / "g120m_block1.tif") as raster:
+        assert np.isnan(raster.nodata) and raster.shape == (24, 27)
+        assert raster.transform == result.transform
+        np.testing.assert_array_equal(raster.read_masks(1) == 0, nodata)
+
+
+class SmoothWithTileOffsets(PoolingEncoder):
+    """The reference modality pooled to the output grid plus one random offset per tile: a
+    smooth map whose tiles disagree, as a real encoder's do (each tile sees its own context)."""
+
+    def __init__(self, seed=0):
+        self.rng = np.random.default_rng(seed)
+
+    def encode(self, pixels, specs, gsd, **_):
+        x = pixels[specs[0].name][:, 0, ..., 0]  # [B, H, H], the first channel
+        factor = round(gsd / specs[0].gsd)
+        b, h, _ = x.shape
+        pooled = x.reshape(b, h // factor, factor, h // factor, factor).mean(axis=(2, 4))
+        offsets = self.rng.normal(0, 1.0, (b, 1, 1))
+        maps = (pooled + offsets)[:, None].astype(np.float32)
+        return runner.EncodedBatch(np.zeros((b, 1, 1)), [maps], (0,))
+
+
+def edge_to_interior(field: np.ndarray, stride: int) -> float:
+    """Mean |difference| of neighbouring pixels across tile edges over the mean elsewhere."""
+    ratios = []
+    for axis in (0, 1):
+        diff = np.abs(np.diff(field, axis=axis)).mean(axis=1 - axis)
+        edges = (np.arange(1, diff.size + 1) % stride) == 0
+        ratios.append(diff[edges].mean() / diff[~edges].mean())
+    return max(ratios)
+
+
+def test_seams_no_stronger_than_the_interior_when_the_unit_is_large():
+    """10 m and 60 m inputs at g = 40 m: tiles are multiples of 3 px. ``--tile 4`` used to give
+    3-px tiles without overlap (each tile's offset a hard seam); now the tiles grow to 6 px with
+    a 3-px overlap, and on a smooth scene the differences across tile edges are no larger than
+    inside tiles. Forcing ``overlap=0`` shows what the test would catch."""
+    y, x = np.mgrid[0:240, 0:240] / 240.0
+    smooth = np.sin(2 * np.pi * x) + np.cos(np.pi * y)
+    modalities = [
+        inputs.from_array("b10", smooth[..., None], gsd=10, channels=[665]),
+        inputs.from_array("b60", smooth[::6, ::6, None], gsd=60, channels=[1610]),
+    ]
+    blended = scene.encode_scene(
+        SmoothWithTileOffsets(), modalities, 40.0, tile=4, stats=None, progress=False
+    )
+    assert (blended.tile_size, blended.overlap) == (6, 3)
+    assert "multiples of 3 px" in blended.tiling
+    assert edge_to_interior(blended.maps[0][0], 3) <= 1.0
+    seamed = scene.encode_scene(
+        SmoothWithTileOffsets(), modalities, 40.0, tile=4, overlap=0, stats=None, progress=False
+    )
+    assert (seamed.tile_size, seamed.overlap) == (3, 0)
+    assert edge_to_interior(seamed.maps[0][0], 3) > 3.0
+
+
+def test_a_unit_far_above_the_tile_is_refused_with_its_reason():
+    with pytest.raises(inputs.EncodeError, match="pass --tile 38, --overlap 0"):
+        tiling.plan_tiles((400, 400), 28.5, [28.5], 60.0, tile=8)
+    plan = tiling.plan_tiles((400, 400), 28.5, [28.5], 60.0, tile=8, overlap=0)
+    assert (plan.tile, plan.overlap) == (19, 0)

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from ramen_jax import storage
+from ramen_jax import cli, storage
 from ramen_jax.convert import checkpoints, mapping, model_io, torch_io
 from ramen_jax.model.mae import ModelConfig
 
@@ -33,7 +32,7 @@ _USER_ERRORS = (
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.OneLineParser(
         prog="python -m ramen_jax.convert",
         description="Convert RAMEN checkpoints between PyTorch (.ckpt) and ramen_jax (directory).",
     )
@@ -152,7 +151,5 @@ def main(argv=None) -> int:
     try:
         print(command(args))
     except _USER_ERRORS as e:
-        message = " ".join(str(e).split())  # one line, whatever the message holds
-        print(f"error: {message}", file=sys.stderr)
-        return 1
+        return cli.report(e)
     return 0

@@ -42,6 +42,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from ramen_jax import cli
 from ramen_jax.data import data_location, pipeline
 
 DEFAULT_WORKDIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "ramen_jax")
@@ -250,16 +251,16 @@ def run_bench(config, batches: int, workdir, num_workers: int = 0, out=sys.stdou
 
 def main(argv) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        sys.exit(cli.report(f"unexpected arguments: {argv[1:]}", cli.USAGE_EXIT_CODE))
     if _CONFIG.value is None or _BATCHES.value is None:
-        raise app.UsageError("--config and --batches are required")
+        sys.exit(cli.report("--config and --batches are required", cli.USAGE_EXIT_CODE))
     logging.getLogger("data_prep").setLevel(logging.INFO)  # conversion progress of stand-ins
     logging.getLogger("absl").setLevel(logging.WARNING)  # TFDS logs every chunk twice
     try:
         run_bench(_CONFIG.value, _BATCHES.value, _WORKDIR.value, _NUM_WORKERS.value)
     except BenchError as error:
-        sys.exit(f"error: {error}")
+        sys.exit(cli.report(error))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=lambda argv: cli.parse_absl_flags(argv, _CONFIG))

@@ -7,12 +7,17 @@
         [--input s1=s1.tif --sensor s1=sentinel1_asc] [--blocks 3,5,7,11] [--tile 32]
 
 Per output GSD ``G`` it writes ``DIR/gGm_block<b>.tif`` / ``.npy``, ``DIR/gGm_cls.npy`` and
-``DIR/gGm_meta.json`` and prints one summary line. ``CKPT``, the inputs, ``--stats`` and ``DIR``
-may be URLs (``gs://...``): inputs are downloaded first, and the outputs are written in a
-temporary directory (memory maps and GeoTIFF writers need local files) and uploaded at the end.
+``DIR/gGm_meta.json`` and prints one summary line (grid, effective tile and overlap, nodata
+pixels; nothing at all with ``--quiet``). The files are written in a hidden staging directory
+and renamed into ``DIR`` once complete, so a killed run leaves nothing under the final names.
+``CKPT``, the inputs, ``--stats`` and ``DIR`` may be URLs (``gs://...``): inputs are downloaded
+first, and the outputs are written in a temporary directory (memory maps and GeoTIFF writers
+need local files) and uploaded as each GSD is done.
 Bad input (unknown sensor or band, band count not matching the declared channels, missing file,
-a modality the model cannot encode, an output GSD coarser than the scene...) ends with exit
-status 1 and one ``error: ...`` line.
+a GSD that is not finite and > 0, a wavelength outside 300-15000 nm, a modality without one
+valid pixel, a ``--stats`` file that is not the expected JSON, a modality the model cannot
+encode, an output GSD coarser than the scene...) ends with exit status 1 (2 for a flag
+argparse refuses) and one ``error: ...`` line (``ramen_jax.cli``), before anything is written.
 See docs/encode.md.
 """
 
@@ -27,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import rasterio.errors
 
-from ramen_jax import sensors, storage
+from ramen_jax import cli, logs, sensors, storage
 from ramen_jax.convert.checkpoints import load_encoder_weights
 from ramen_jax.convert.model_io import ModelCheckpointError
 from ramen_jax.encode import geotiff, inputs, scene
@@ -45,7 +50,7 @@ _PER_INPUT = ("sensor", "bands", "channels", "input_gsd", "dates")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.OneLineParser(
         prog="python -m ramen_jax.encode",
         description="Per-pixel RAMEN embeddings of a scene at the output GSDs you choose.",
     )
@@ -99,18 +104,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--gsd", type=float, nargs="+", required=True, help="output GSD(s), metres")
     p.add_argument("--blocks", help="0-based blocks to output, e.g. 3,5,7,11 (default: last)")
-    p.add_argument("--tile", type=int, default=32, help="tile side in output pixels")
-    p.add_argument("--overlap", type=int, help="tile overlap in output pixels (default tile/4)")
+    p.add_argument("--tile", type=cli.positive_int, default=32, help="tile side, output pixels")
+    p.add_argument(
+        "--overlap",
+        type=cli.non_negative_int,
+        help="tile overlap in output pixels (default tile/4)",
+    )
     p.add_argument(
         "--stats",
         default=inputs.SCENE_STATS,
         help="normalisation: 'scene' (per-scene statistics, default), 'none' (input "
         "already normalised) or a JSON file {name: {mean: [...], std: [...]}}",
     )
-    p.add_argument("--batch-size", type=int, default=8, help="tiles per device batch")
+    p.add_argument("--batch-size", type=cli.positive_int, default=8, help="tiles per device batch")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--formats", default="tif,npy", help="tif and/or npy")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--quiet", action="store_true", help="print nothing on success")
+    p.add_argument("--verbose", action="store_true", help="show the libraries' INFO logs")
     return p
 
 
@@ -144,7 +154,8 @@ def _read_inputs(args) -> list[inputs.ModalityInput]:
             channels=listed("channels"),
             dates=listed("dates"),
         )
-        gsd = float(options["input_gsd"][name]) if name in options["input_gsd"] else None
+        gsd = options["input_gsd"].get(name)
+        gsd = None if gsd is None else sensors.check_gsd(gsd, f"--input-gsd {name}")
         path = storage.as_path(path)
         if path.suffix.lower() == ".npy":
             if not path.is_file():
@@ -161,20 +172,36 @@ def _stats(text: str):
     return {"scene": inputs.SCENE_STATS, "none": None}.get(text) or inputs.read_stats_file(text)
 
 
+def _blocks(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(b) for b in text.split(",")]
+    except ValueError:
+        raise inputs.EncodeError(
+            f"--blocks {text!r}: give 0-based block numbers, e.g. 3,5,7,11"
+        ) from None
+
+
 def run(args) -> list[str]:
-    modalities = _read_inputs(args)
-    blocks = [int(b) for b in args.blocks.split(",")] if args.blocks else None
+    """Encodes the scene at every ``--gsd``; returns one summary line per GSD.
+
+    Every check that needs no model runs first; a GSD's files are written in a staging
+    directory and appear under their final names only once all of them are complete."""
+    gsds = [sensors.check_gsd(g, "--gsd") for g in args.gsd]
+    blocks = _blocks(args.blocks)
     formats = tuple(f.strip() for f in args.formats.split(","))
     if not formats or not set(formats) <= {"tif", "npy"}:
         raise inputs.EncodeError(f"--formats {args.formats!r}: use tif and/or npy")
     stats = _stats(args.stats)
+    modalities = _read_inputs(args)
     encoder = FrozenEncoder(
         load_encoder_weights(args.checkpoint, args.step), dtype=DTYPES[args.dtype]
     )
     lines = []
-    with storage.local_output_dir(args.out) as out_dir:
-        for gsd in args.gsd:
-            prefix = pathlib.Path(out_dir) / f"g{gsd:g}m"
+    with storage.staged_output_dir(args.out) as staged:
+        for gsd in gsds:
+            prefix = pathlib.Path(staged.directory) / f"g{gsd:g}m"
             start = time.perf_counter()
             result = scene.encode_scene(
                 encoder,
@@ -189,26 +216,28 @@ def run(args) -> list[str]:
                 progress=not args.quiet,
             )
             scene.write_outputs(result, prefix, formats)
-            channels, rows, cols = result.maps[0].shape
-            note = "" if result.transform is not None else " (no GeoTIFF: input not georeferenced)"
+            staged.publish()
             lines.append(
-                f"g={gsd:g} m: {rows} x {cols} px of {result.pixel_size:g} m, {channels} channels "
-                f"({len(modalities)} x {result.embed_dim}), blocks {list(result.blocks)}, "
-                f"{len(result.tile_origins)} tile(s) of {result.tile_size} px, "
-                f"{time.perf_counter() - start:.1f} s -> {storage.join(args.out, prefix.name)}_*"
-                f"{note}"
+                scene.summary_line(
+                    result,
+                    len(modalities),
+                    storage.join(args.out, prefix.name),
+                    time.perf_counter() - start,
+                )
             )
     return lines
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    logs.configure(verbose=args.verbose, quiet=args.quiet and not args.verbose)
     try:
-        for line in run(args):
-            print(line)
+        lines = run(args)
     except _USER_ERRORS as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
+        return cli.report(e)
+    if not args.quiet:
+        for line in lines:
+            print(line)
     return 0
 
 

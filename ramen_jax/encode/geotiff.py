@@ -185,8 +185,11 @@ def align_to_reference(inputs: Sequence[ModalityInput]) -> list[ModalityInput]:
     return [inputs[0]] + [_align(m, inputs[0]) for m in inputs[1:]]
 
 
-def write_maps(path, maps, crs, transform: Affine, descriptions: Sequence[str]) -> None:
-    """Writes ``maps`` ``[C, H, W]`` (array or memory map) as a float32 GeoTIFF."""
+def write_maps(
+    path, maps, crs, transform: Affine, descriptions: Sequence[str], nodata: float | None = None
+) -> None:
+    """Writes ``maps`` ``[C, H, W]`` (array or memory map) as a float32 GeoTIFF; ``nodata``
+    (e.g. NaN) is declared as the bands' nodata value."""
     channels, height, width = maps.shape
     profile = {
         "driver": "GTiff",
@@ -199,6 +202,8 @@ def write_maps(path, maps, crs, transform: Affine, descriptions: Sequence[str]) 
         "interleave": "band",
         "BIGTIFF": "IF_SAFER",
     }
+    if nodata is not None:
+        profile["nodata"] = nodata
     with rasterio.open(path, "w", **profile) as raster:
         for start in range(0, height, WRITE_ROWS):
             stop = min(start + WRITE_ROWS, height)

@@ -169,6 +169,8 @@ def from_array(
     gsd = gsd if gsd is not None else preset_gsd
     if gsd is None:
         raise EncodeError(f"modality {name!r}: give its GSD (metres per pixel)")
+    gsd = sensors.check_gsd(gsd, f"modality {name!r}")
+    check_has_valid_pixels(name, pixels)
     steps = pixels.shape[0]
     dates = np.ones(steps, np.int32) if dates is None else parse_dates(dates)
     if dates.shape != (steps,):
@@ -177,6 +179,16 @@ def from_array(
     return ModalityInput(
         name, pixels, kind, descriptors, float(gsd), dates, crs, transform, band_names
     )
+
+
+def check_has_valid_pixels(name: str, pixels: np.ndarray) -> None:
+    """A modality must hold at least one finite pixel value: an all-nodata (NaN) modality would
+    be encoded as zeros and give embeddings that look normal but describe nothing."""
+    if not any(np.isfinite(pixels[t]).any() for t in range(pixels.shape[0])):
+        raise EncodeError(
+            f"modality {name!r} has no valid pixel (every value is nodata / NaN / inf) on the "
+            "scene's footprint; leave it out, or give a file with data there"
+        )
 
 
 def spec_for(modality: ModalityInput, side: int) -> sensors.ModalitySpec:
@@ -208,8 +220,17 @@ def read_stats_file(path) -> dict:
     path = storage.as_path(path)
     if not path.is_file():
         raise EncodeError(f"statistics file {path} does not exist")
-    data = json.loads(path.read_text())
-    return {key: (np.asarray(v["mean"]), np.asarray(v["std"])) for key, v in data.items()}
+    try:
+        data = json.loads(path.read_text())
+        return {
+            str(key): (np.asarray(v["mean"], np.float64), np.asarray(v["std"], np.float64))
+            for key, v in data.items()
+        }
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise EncodeError(
+            f'statistics file {path} is not JSON of the form {{name: {{"mean": [...], '
+            f'"std": [...]}}}} ({type(error).__name__}: {error})'
+        ) from None
 
 
 def normalise_inputs(

@@ -23,11 +23,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from affine import Affine
 
+from ramen_jax import sensors
 from ramen_jax.encode import geotiff, tiling
 from ramen_jax.encode.inputs import (
     SCENE_STATS,
     EncodeError,
     ModalityInput,
+    check_has_valid_pixels,
     normalise_inputs,
     spec_for,
 )
@@ -48,6 +50,9 @@ class SceneEmbeddings:
     pixel_size: float  # metres per output pixel (= effective_gsd unless one pass rounds)
     crs: object = None
     transform: Affine | None = None
+    overlap: int = 0  # output pixels
+    tiling: str = ""  # the effective tiling, in words
+    nodata_pixels: int = 0  # output pixels with no valid input in their footprint (NaN)
 
     def band_descriptions(self) -> list[str]:
         return [f"{name}:{d}" for name in self.modalities for d in range(self.embed_dim)]
@@ -111,11 +116,22 @@ def encode_scene(
     if len(set(names)) != len(names):
         raise EncodeError(f"modality names must be unique, got {names}")
     blocks = encoder.check_blocks(blocks)
-    inputs = normalise_inputs(geotiff.align_to_reference(inputs), stats)
-    reference = inputs[0]
+    effective_gsd = sensors.check_gsd(effective_gsd, "output")
+    aligned = geotiff.align_to_reference(inputs)
+    for modality in aligned:
+        check_has_valid_pixels(modality.name, modality.pixels)
+    reference = aligned[0]
     plan = tiling.plan_tiles(
-        reference.shape, reference.gsd, [m.gsd for m in inputs], effective_gsd, tile, overlap
+        reference.shape, reference.gsd, [m.gsd for m in aligned], effective_gsd, tile, overlap
     )
+    valid = np.zeros((plan.rows, plan.cols), bool)
+    for modality in aligned:
+        finite = np.zeros(modality.shape, bool)
+        for step in range(modality.steps):
+            finite |= np.isfinite(modality.pixels[step]).any(axis=-1)
+        valid |= tiling.valid_footprints(finite, modality.gsd, plan.pixel_size, valid.shape)
+    inputs = normalise_inputs(aligned, stats)
+    reference = inputs[0]
     specs = tuple(spec_for(m, plan.window((0, 0), m.gsd)[2]) for m in inputs)
     encoder.check_specs(specs)
     width = len(specs) * encoder.embed_dim
@@ -142,10 +158,13 @@ def encode_scene(
         corner = reference.transform
         transform = Affine(plan.pixel_size, 0, corner.c, 0, -plan.pixel_size, corner.f)
     return SceneEmbeddings(
-        maps=blender.finish(),
+        maps=blender.finish(valid),
         cls=np.concatenate(cls),
         tile_origins=np.asarray(plan.origins, np.int64),
         tile_size=plan.tile,
+        overlap=plan.overlap,
+        tiling=plan.describe(),
+        nodata_pixels=int(valid.size - valid.sum()),
         blocks=blocks,
         modalities=tuple(names),
         embed_dim=encoder.embed_dim,
@@ -168,7 +187,9 @@ def write_outputs(result: SceneEmbeddings, prefix, formats=("tif", "npy")) -> li
         )
         if "tif" in formats and result.transform is not None:
             tif = block_path(prefix, block, ".tif")
-            geotiff.write_maps(tif, maps, result.crs, result.transform, result.band_descriptions())
+            geotiff.write_maps(
+                tif, maps, result.crs, result.transform, result.band_descriptions(), nodata=np.nan
+            )
             written.append(tif)
         if "npy" in formats:
             if accumulated_here:
@@ -191,8 +212,23 @@ def write_outputs(result: SceneEmbeddings, prefix, formats=("tif", "npy")) -> li
         "crs": result.crs.to_string() if result.crs is not None else None,
         "transform": list(result.transform)[:6] if result.transform is not None else None,
         "tile_size": result.tile_size,
+        "overlap": result.overlap,
+        "nodata": "NaN",
+        "nodata_pixels": result.nodata_pixels,
         "tile_origins": result.tile_origins.tolist(),
     }
     meta_path = prefix.with_name(prefix.name + "_meta.json")
     meta_path.write_text(json.dumps(meta, indent=1) + "\n")
     return written + [cls_path, meta_path]
+
+
+def summary_line(result: SceneEmbeddings, modalities: int, destination: str, seconds: float) -> str:
+    """One line per output GSD: grid, channels, blocks, effective tiling, nodata, time, files."""
+    channels, rows, cols = result.maps[0].shape
+    note = "" if result.transform is not None else " (no GeoTIFF: input not georeferenced)"
+    nodata = f", {result.nodata_pixels} nodata px" if result.nodata_pixels else ""
+    return (
+        f"g={result.effective_gsd:g} m: {rows} x {cols} px of {result.pixel_size:g} m{nodata}, "
+        f"{channels} channels ({modalities} x {result.embed_dim}), blocks "
+        f"{list(result.blocks)}, {result.tiling}, {seconds:.1f} s -> {destination}_*{note}"
+    )

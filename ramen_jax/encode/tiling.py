@@ -1,16 +1,27 @@
 """Cutting a scene into square tiles on the output grid, and blending the tiles' maps seamlessly.
 
-The output grid covers the reference modality's footprint with pixels of the effective GSD
-``g`` (its upper-left corner is the reference's). Tiles are squares of ``tile`` output pixels
-that overlap by ``overlap`` pixels; the last tile of a row or column is moved back to end at
-the grid's edge (so it may overlap more).
+Edge to edge: the output grid covers the reference modality's whole footprint with pixels of
+the effective GSD ``g``: ``ceil(extent / g)`` rows and columns from the reference's upper-left
+corner (GDAL's convention: the geotransform's origin is the corner of the first pixel), so the
+last row and column may reach past the scene's edge by less than one pixel. Tiles are squares
+of ``tile`` output pixels that overlap by ``overlap`` pixels; the last tile of a row or column
+ends at the first lattice boundary at or past the grid's edge, and what a tile holds beyond the
+scene (zero input, the normalised mean) is dropped when it is blended. ``valid_footprints``
+tells which output pixels hold no valid input at all (the caller writes them as nodata).
 
 Exact tiles: a tile must start and end on a pixel boundary of *every* modality, so that each
 modality's tile is an integer window of its native pixels (no resampling beyond the model's
 own). Tile origins and sides are therefore multiples of the *lattice unit*, the smallest
 ``k`` for which ``k * g / gsd_m`` is an integer for every modality (1 when every GSD divides
-``g``; 3 for 60 m bands at g = 40 m). The output grid is cut to whole units (at most ``unit - 1``
-pixels lost at the bottom/right edges).
+``g``; 3 for 60 m bands at g = 40 m; 19 for 28.5 m Landsat pixels at g = 60 m).
+
+Overlap: the default is a quarter of the requested tile, rounded up to whole units and at most
+``tile - unit``. When the unit leaves no room for it (the tile rounds down to one unit, e.g.
+``tile=32`` at 28.5 m -> 60 m gives 19-pixel tiles) and the scene needs several tiles, the
+tile grows to two units with a one-unit overlap, as long as that is at most twice the
+requested tile; beyond that the request is refused with the reason and the choices (a larger
+tile, ``overlap=0`` to accept seams, another GSD). ``TilePlan.describe`` gives the effective
+tile and overlap.
 
 One pass: a square scene whose token grid ``s = int(side * gsd / g)`` (the model's rule) fits
 in one tile is encoded whole, exactly as the model encodes a sample; its output pixel is then
@@ -40,17 +51,26 @@ _EPS = 1e-6
 
 @dataclasses.dataclass(frozen=True)
 class TilePlan:
-    rows: int  # output grid, pixels
+    rows: int  # output grid, pixels: the whole scene, ceil(extent / pixel_size)
     cols: int
     tile: int  # tile side, output pixels
     overlap: int
-    origins: tuple  # ((row, col), ...) of each tile, output pixels
+    origins: tuple  # ((row, col), ...) of each tile, output pixels (may reach past rows/cols)
     pixel_size: float  # metres per output pixel
+    unit: int = 1  # lattice unit: tile sides and origins are multiples of it
+    requested_tile: int = 0
 
     def window(self, origin: tuple[int, int], gsd: float) -> tuple[int, int, int]:
         """``(row, col, side)`` of a tile in the pixels of a modality of this GSD."""
         scale = self.pixel_size / gsd
         return round(origin[0] * scale), round(origin[1] * scale), round(self.tile * scale)
+
+    def describe(self) -> str:
+        """The effective tiling, for the summary line."""
+        text = f"{len(self.origins)} tile(s) of {self.tile} px, overlap {self.overlap} px"
+        if self.requested_tile and self.tile != self.requested_tile and len(self.origins) > 1:
+            text += f" (tiles are multiples of {self.unit} px at this GSD)"
+        return text
 
 
 def lattice_unit(effective_gsd: float, gsds: Sequence[float]) -> int | None:
@@ -79,6 +99,10 @@ def _exact_side(side: int, unit: int, reference_gsd: float, effective_gsd: float
     raise EncodeError(f"no tile size fits output GSD {effective_gsd:g} m exactly")
 
 
+def _round_up(value: int, unit: int) -> int:
+    return -(-value // unit) * unit
+
+
 def plan_tiles(
     reference_shape: tuple[int, int],
     reference_gsd: float,
@@ -96,33 +120,45 @@ def plan_tiles(
         raise EncodeError(f"tile ({tile}) must be >= 1 and overlap ({overlap}) >= 0")
     height, width = reference_shape
     extent = (height * reference_gsd, width * reference_gsd)
-    rows, cols = (int(math.floor(e / effective_gsd + _EPS)) for e in extent)
-    if min(rows, cols) < 1:
+    if min(math.floor(e / effective_gsd + _EPS) for e in extent) < 1:
         raise EncodeError(
             f"output GSD {effective_gsd:g} m is coarser than the scene ({extent[0]:g} m x "
             f"{extent[1]:g} m): not one output pixel fits; choose a GSD of at most "
             f"{min(extent):g} m"
         )
+    rows, cols = (math.ceil(e / effective_gsd - _EPS) for e in extent)
     side = geometry.grid_side(height, reference_gsd, effective_gsd)
     if height == width and 1 <= side <= tile:
-        return TilePlan(side, side, side, 0, ((0, 0),), extent[0] / side)
+        return TilePlan(side, side, side, 0, ((0, 0),), extent[0] / side, 1, tile)
     unit = lattice_unit(effective_gsd, gsds)
-    if unit is None or unit > min(rows, cols):
+    if unit is None:
         raise EncodeError(
-            f"output GSD {effective_gsd:g} m does not line up with the input GSDs {list(gsds)} "
-            f"within the scene: tiles could not start on every modality's pixel boundaries; "
-            "choose a GSD that is a multiple of (or divides) the input GSDs"
+            f"output GSD {effective_gsd:g} m does not line up with the input GSDs {list(gsds)}: "
+            "tiles could not start on every modality's pixel boundaries; choose a GSD that is a "
+            "multiple of (or divides) the input GSDs"
         )
-    rows, cols = rows // unit * unit, cols // unit * unit
-    longest = max(unit, min(tile, rows, cols) // unit * unit)
-    side = _exact_side(longest, unit, reference_gsd, effective_gsd)
-    overlap = side // 4 if overlap is None else int(overlap)
-    overlap = min(-(-overlap // unit) * unit, side - unit)
+    longest = _round_up(max(rows, cols), unit)
+    side = min(max(unit, tile // unit * unit), longest)
+    wanted = tile // 4 if overlap is None else int(overlap)
+    if wanted > 0 and side == unit and side < longest:
+        # The unit leaves no room for an overlap inside the tile: tiles of two units overlap
+        # by one, unless that is more than twice the requested tile (then say so).
+        if 2 * unit > 2 * tile:
+            raise EncodeError(
+                f"--tile {tile} at output GSD {effective_gsd:g} m: tiles must be multiples of "
+                f"{unit} px here (so that they start on every input's pixel boundaries), and "
+                f"an overlap needs tiles of {2 * unit} px; pass --tile {2 * unit}, --overlap 0 "
+                "to accept seams between tiles, or an output GSD that lines up with the inputs"
+            )
+        side = min(2 * unit, longest)
+    side = _exact_side(side, unit, reference_gsd, effective_gsd)
+    overlap = min(_round_up(wanted, unit), side - unit)
     stride = side - overlap
+    grid = [max(side, _round_up(n, unit)) for n in (rows, cols)]
     origins = tuple(
-        (r, c) for r in _starts(rows, side, stride) for c in _starts(cols, side, stride)
+        (r, c) for r in _starts(grid[0], side, stride) for c in _starts(grid[1], side, stride)
     )
-    return TilePlan(rows, cols, side, overlap, origins, float(effective_gsd))
+    return TilePlan(rows, cols, side, overlap, origins, float(effective_gsd), unit, tile)
 
 
 def taper(tile: int, overlap: int) -> np.ndarray:
@@ -158,18 +194,48 @@ class Blender:
         self.tile_weight = taper(plan.tile, plan.overlap)
 
     def add(self, origin: tuple[int, int], maps: Sequence[np.ndarray]) -> None:
-        """``maps``: one ``[C, tile, tile]`` array per block."""
-        rows = slice(origin[0], origin[0] + self.plan.tile)
-        cols = slice(origin[1], origin[1] + self.plan.tile)
+        """``maps``: one ``[C, tile, tile]`` array per block; the part of a tile past the
+        output grid (padding of the scene's last tiles) is dropped."""
+        height = min(self.plan.tile, self.plan.rows - origin[0])
+        width = min(self.plan.tile, self.plan.cols - origin[1])
+        rows = slice(origin[0], origin[0] + height)
+        cols = slice(origin[1], origin[1] + width)
+        weight = self.tile_weight[:height, :width]
         for total, tile_map in zip(self.sums, maps, strict=True):
-            total[:, rows, cols] += tile_map * self.tile_weight
-        self.weight[rows, cols] += self.tile_weight
+            total[:, rows, cols] += tile_map[:, :height, :width] * weight
+        self.weight[rows, cols] += weight
 
-    def finish(self, rows_per_step: int = 256) -> list[np.ndarray]:
+    def finish(self, valid: np.ndarray | None = None, rows_per_step: int = 256) -> list:
+        """Divides by the summed weights; pixels where ``valid`` (``[rows, cols]`` bool) is
+        False become NaN (nodata)."""
         if not np.all(self.weight > 0):
             raise AssertionError("tiles do not cover the output grid")  # a planning bug
         for total in self.sums:
             for start in range(0, self.plan.rows, rows_per_step):
                 stop = start + rows_per_step
                 total[:, start:stop] /= self.weight[start:stop]
+                if valid is not None:
+                    total[:, start:stop] = np.where(valid[start:stop], total[:, start:stop], np.nan)
         return self.sums
+
+
+def valid_footprints(
+    valid: np.ndarray, gsd: float, pixel_size: float, shape: tuple[int, int]
+) -> np.ndarray:
+    """``[rows, cols]`` bool: output pixels (of ``pixel_size`` m, grid ``shape``) whose ground
+    footprint holds at least one True pixel of ``valid`` (``[H, W]`` at ``gsd`` m, same
+    upper-left corner)."""
+    table = np.zeros((valid.shape[0] + 1, valid.shape[1] + 1), np.int64)
+    table[1:, 1:] = np.cumsum(np.cumsum(valid, axis=0, dtype=np.int64), axis=1)
+    scale = pixel_size / gsd
+
+    def bounds(count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        edges = np.arange(count + 1) * scale
+        low = np.clip(np.floor(edges[:-1] + _EPS).astype(np.int64), 0, size)
+        high = np.clip(np.ceil(edges[1:] - _EPS).astype(np.int64), 0, size)
+        return low, high
+
+    r0, r1 = bounds(shape[0], valid.shape[0])
+    c0, c1 = bounds(shape[1], valid.shape[1])
+    count = table[r1][:, c1] - table[r0][:, c1] - table[r1][:, c0] + table[r0][:, c0]
+    return count > 0

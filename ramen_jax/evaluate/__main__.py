@@ -24,7 +24,7 @@ import time
 
 import jax
 
-from ramen_jax import sensors, storage
+from ramen_jax import cli, logs, sensors, storage
 from ramen_jax.convert.checkpoints import load_encoder_weights
 from ramen_jax.convert.model_io import ModelCheckpointError
 from ramen_jax.data import staging
@@ -55,8 +55,29 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",")]
 
 
+def _gsd(text: str) -> float:
+    try:
+        return sensors.check_gsd(text, "output")
+    except sensors.ModalityError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _gsds(text: str) -> list[float]:
+    return [_gsd(v) for v in text.split(",")]
+
+
+def _fractions(text: str) -> list[float]:
+    values = _floats(text)
+    bad = [v for v in values if not 0 <= v < 1]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"band fractions {bad} outside [0, 1): a fraction of the bands to remove, e.g. 0.25"
+        )
+    return values
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.OneLineParser(
         prog="python -m ramen_jax.evaluate",
         description="k-NN / linear probes on frozen RAMEN features: label-efficiency curve, "
         "missing-modality report, cost per output GSD.",
@@ -67,9 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reports", default=",".join(REPORTS), help="any of curve,robustness,cost")
     data = p.add_argument_group("data")
     data.add_argument("--data", choices=sorted(datasets.DATASETS), default="demo")
-    data.add_argument("--crops-per-patch", type=int, default=32, help="demo: crops per patch")
+    data.add_argument(
+        "--crops-per-patch", type=cli.positive_int, default=32, help="demo: crops per patch"
+    )
     data.add_argument("--crop-fraction", type=float, default=0.5, help="demo: crop side / patch")
-    data.add_argument("--test-patches", type=int, default=2, help="demo: held-out patches")
+    data.add_argument(
+        "--test-patches", type=cli.positive_int, default=2, help="demo: held-out patches"
+    )
     data.add_argument("--data-dir", help="records: a data_prep output directory (or URL)")
     data.add_argument(
         "--cache-dir",
@@ -81,13 +106,17 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--train-split", default="train")
     data.add_argument("--test-split", default="val")
     data.add_argument("--modalities", help="records: JSON file describing the modalities")
-    data.add_argument("--max-samples", type=int, default=2000, help="records: per split")
-    data.add_argument("--max-time-steps", type=int, default=16, help="time series slots")
+    data.add_argument(
+        "--max-samples", type=cli.positive_int, default=2000, help="records: per split"
+    )
+    data.add_argument(
+        "--max-time-steps", type=cli.positive_int, default=16, help="time series slots"
+    )
     data.add_argument("--ignore-label", type=int, default=-1, help="segmentation: ignored value")
     model = p.add_argument_group("features and probes")
-    model.add_argument("--gsd", type=float, default=60.0, help="output GSD of the features, m")
+    model.add_argument("--gsd", type=_gsd, default=60.0, help="output GSD of the features, m")
     model.add_argument(
-        "--cost-gsds", type=_floats, default=[30.0, 60.0, 120.0], help="GSDs of the cost table"
+        "--cost-gsds", type=_gsds, default=[30.0, 60.0, 120.0], help="GSDs of the cost table"
     )
     model.add_argument("--blocks", help="0-based blocks, e.g. 3,5,7,11 (default: last)")
     model.add_argument("--use", help="modalities to encode, e.g. s2_10m,s2_20m (default: all)")
@@ -95,23 +124,28 @@ def _parser() -> argparse.ArgumentParser:
         "--pool", choices=("mean", "cls"), default="mean", help="classification features"
     )
     model.add_argument("--probes", default="knn,linear", help="any of knn,linear")
-    model.add_argument("--k", type=int, default=20, help="k-NN neighbours")
+    model.add_argument("--k", type=cli.positive_int, default=20, help="k-NN neighbours")
     model.add_argument("--weight-decay", type=float, default=1e-3, help="linear probe L2")
-    model.add_argument("--linear-steps", type=int, default=500, help="gradient steps")
+    model.add_argument("--linear-steps", type=cli.positive_int, default=500, help="gradient steps")
     model.add_argument(
         "--label-counts",
         type=_ints,
         default=_ints("10,50,200,500,all"),
         help="training labels per curve point (default 10,50,200,500,all)",
     )
-    model.add_argument("--draws", type=int, default=5, help="draws per label count")
+    model.add_argument("--draws", type=cli.positive_int, default=5, help="draws per label count")
     model.add_argument(
-        "--drop-fractions", type=_floats, default=[0.25, 0.5], help="band fractions removed"
+        "--drop-fractions", type=_fractions, default=[0.25, 0.5], help="band fractions removed"
     )
-    model.add_argument("--robustness-draws", type=int, default=3, help="draws per fraction")
-    model.add_argument("--batch-size", type=int, default=32, help="samples per device batch")
+    model.add_argument(
+        "--robustness-draws", type=cli.positive_int, default=3, help="draws per fraction"
+    )
+    model.add_argument(
+        "--batch-size", type=cli.positive_int, default=32, help="samples per device batch"
+    )
     model.add_argument("--seed", type=int, default=0)
     model.add_argument("--quiet", action="store_true", help="no progress lines")
+    model.add_argument("--verbose", action="store_true", help="show the libraries' INFO logs")
     return p
 
 
@@ -211,12 +245,12 @@ def run(args) -> list[str]:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    logs.configure(verbose=args.verbose)
     try:
         for line in run(args):
             print(line)
     except _USER_ERRORS as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
+        return cli.report(e)
     return 0
 
 

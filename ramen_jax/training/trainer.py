@@ -29,6 +29,7 @@ from ramen_jax.model.mae import ModelConfig, RamenMAE
 from ramen_jax.training import (
     checkpointing,
     compile_stats,
+    config_checks,
     host_sync,
     precompile,
     previews,
@@ -431,8 +432,23 @@ def reported_error(error: BaseException) -> BaseException:
     return chain[0]
 
 
+def run_summary(workdir: str, config) -> str:
+    """The closing lines of a finished run: where its outputs are and how to look at them."""
+    lines = [
+        f"finished {config.total_steps} steps; outputs in {workdir}:",
+        f"  checkpoints  {storage.join(workdir, 'checkpoints')}",
+        f"  TensorBoard  {storage.join(workdir, 'tensorboard')} "
+        f"(metrics also in {storage.join(workdir, 'metrics.jsonl')})",
+    ]
+    if config.get("preview_every_steps"):
+        lines.append(f"  previews     {storage.join(workdir, 'previews')}")
+    lines.append(f"  look at them: tensorboard --logdir {storage.join(workdir, 'tensorboard')}")
+    return "\n".join(lines)
+
+
 def train_and_evaluate(config, workdir: str) -> step_lib.TrainState:
-    checkpointing.validate_settings(config.checkpoint)  # before any work
+    config_checks.check_config(config)  # before any work, before the workdir exists
+    checkpointing.validate_settings(config.checkpoint)
     storage.makedirs(workdir)
     precompile.configure_compilation_cache(config.get("compilation_cache_dir", ""), workdir)
     compile_stats.counter()  # count every program from here on, initialisation included

@@ -1,0 +1,59 @@
+"""Checks of a training config that need no data and no device: run before the workdir exists.
+
+A value that cannot give a sensible run (``log_every_steps=0`` used to crash after the first
+compilation; a negative learning rate trained by gradient ascent without a word; a GSD of 0 or
+a wavelength in micrometres) stops the run before any work as one ``ConfigError`` line that
+names the field, the value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ramen_jax import sensors
+from ramen_jax.training.failures import RunError
+
+
+class ConfigError(RunError):
+    """A config value no run can use (the message names the field and the accepted range)."""
+
+
+def _number(config, path: str):
+    node = config
+    for key in path.split("."):
+        node = node.get(key) if hasattr(node, "get") else None
+    return node
+
+
+def _check(config, path: str, accept, rule: str, required: bool = True) -> None:
+    value = _number(config, path)
+    if value is None and not required:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (ok and math.isfinite(value) and accept(value)):
+        raise ConfigError(f"config {path}={value!r}: must be {rule}")
+
+
+def check_config(config) -> None:
+    """Raises ``ConfigError`` for the first field out of range (see module docstring)."""
+    _check(config, "log_every_steps", lambda v: v >= 1 and v == int(v), "a whole number >= 1")
+    _check(config, "total_steps", lambda v: v >= 0, ">= 0 (0: from epochs)", required=False)
+    _check(config, "preview_every_steps", lambda v: v >= 0, ">= 0 (0: no previews)", False)
+    positive = "> 0 (a negative rate would train by gradient ascent)"
+    _check(config, "optim.lr", lambda v: v > 0, positive)
+    for name in ("start_lr", "end_lr", "weight_decay"):
+        _check(config, f"optim.{name}", lambda v: v >= 0, ">= 0", required=False)
+    _check(config, "optim.clip", lambda v: v >= 0, ">= 0 (0: no clipping)", required=False)
+    for name, dataset in config.data.datasets.items():
+        where = f"data.datasets.{name}"
+        _check(config, f"{where}.per_device_batch", lambda v: v >= 1, ">= 1")
+        for gsd in dataset.get("effective_gsds", []):
+            try:
+                sensors.check_gsd(gsd, f"config {where}.effective_gsds")
+            except sensors.ModalityError as e:
+                raise ConfigError(str(e)) from None
+        for modality, fields in dataset.get("modalities", {}).items():
+            try:
+                sensors.modality_from_dict(modality, fields)
+            except (sensors.ModalityError, TypeError, ValueError) as e:
+                raise ConfigError(f"config {where}.modalities.{modality}: {e}") from None
