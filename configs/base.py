@@ -49,7 +49,12 @@ def paper_datasets():
     d = ml_collections.ConfigDict()
     d.flairhub = ml_collections.ConfigDict(
         {
-            "source": {"type": "records", "path": "data/flairhub", "split": "train"},
+            "source": {
+                "type": "records",
+                "path": "data/flairhub",
+                "split": "train",
+                "norm_path": None,
+            },
             "weight": 1.0,
             "per_device_batch": 4,
             "effective_gsds": [float(g) for g in range(3, 21)],
@@ -63,7 +68,12 @@ def paper_datasets():
     )
     d.mmearth = ml_collections.ConfigDict(
         {
-            "source": {"type": "records", "path": "data/mmearth", "split": "train"},
+            "source": {
+                "type": "records",
+                "path": "data/mmearth",
+                "split": "train",
+                "norm_path": None,
+            },
             "weight": 1.0,
             "per_device_batch": 32,
             "effective_gsds": [float(g) for g in range(20, 101, 10)],
@@ -90,7 +100,12 @@ def paper_datasets():
     )
     d.worldstrat = ml_collections.ConfigDict(
         {
-            "source": {"type": "records", "path": "data/worldstrat", "split": "train"},
+            "source": {
+                "type": "records",
+                "path": "data/worldstrat",
+                "split": "train",
+                "norm_path": None,
+            },
             "weight": 1.0,
             "per_device_batch": 2,
             "effective_gsds": [float(g) for g in range(5, 21)],

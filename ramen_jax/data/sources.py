@@ -10,6 +10,8 @@ picklable so Grain worker processes can hold them. Registered by ``type`` in ``S
   flipped at every draw: an endless stream from a handful of patches;
 - ``records``: a dataset converted by ``data_prep`` (ArrayRecord + ``stats.json``). Statistics
   keyed ``<m>_<product>`` are used when a sample carries ``<m>_product`` (MMEarth L1C / L2A).
+  ``norm_path`` (a folder, may be a URL) takes mean / std from its ``NORM_<key>_patch.json``
+  files instead, the original's format: its published statistics, or those a run trained with.
   A URL (``gs://...``) is copied to a local directory under ``cache_dir`` when the source is
   built, before Grain workers start (``ramen_jax.data.staging``).
 """
@@ -70,9 +72,16 @@ class DemoSource:
 class RecordSource:
     takes_cache_dir = True  # make_source passes config.data.cache_dir
 
-    def __init__(self, path: str, split: str = "train", cache_dir: str | None = None):
+    def __init__(
+        self,
+        path: str,
+        split: str = "train",
+        cache_dir: str | None = None,
+        norm_path: str | None = None,
+    ):
         self.path = os.fspath(path)  # as configured, for messages
         self.split = split
+        self.norm_path = None if norm_path is None else os.fspath(norm_path)
         self.local_path = self.path
         if storage.is_remote(self.path):
             try:
@@ -92,12 +101,16 @@ class RecordSource:
             from data_prep import common  # the converters' package; TFDS only, no TensorFlow
 
             # stats first: Grain reads from several threads
-            self._stats = common.load_stats(self.local_path)
+            try:
+                self._stats = common.load_stats(self.local_path, self.norm_path)
+            except (OSError, ValueError) as e:
+                raise SourceConfigError(f"dataset {self.path}: {e}") from e
             self._records = common.load_split(self.local_path, self.split)
         return self._records
 
     def __getstate__(self):
         state = {"path": self.path, "split": self.split, "local_path": self.local_path}
+        state["norm_path"] = self.norm_path
         return {**state, "_records": None, "_stats": None}
 
     def __len__(self) -> int:
