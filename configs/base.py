@@ -29,7 +29,7 @@ S2_13 = [443, 490, 560, 665, 705, 740, 783, 842, 865, 945, 1370, 1610, 2190]
 S2_12 = [443, 490, 560, 665, 705, 740, 783, 842, 865, 945, 1610, 2190]
 
 
-def modality(kind, channels, gsd, side, time_series=False, max_time_steps=1, temporal_dropout=0.0):
+def modality(kind, channels, gsd, side, time_series=False, max_time_steps=0, temporal_dropout=0.0):
     return ml_collections.ConfigDict(
         {
             "kind": kind,
@@ -37,6 +37,8 @@ def modality(kind, channels, gsd, side, time_series=False, max_time_steps=1, tem
             "gsd": float(gsd),
             "side": side,
             "time_series": time_series,
+            # dates a sample keeps at most (longer series sub-sampled); 0: no cap, as the
+            # original, whose batches pad every series to the batch's longest
             "max_time_steps": max_time_steps,
             # share of a series' dates dropped at random at every load (the original: 0.3 for
             # FLAIR-HUB's Sentinel series, none for WorldStrat)
@@ -61,8 +63,8 @@ def paper_datasets():
             "modalities": {
                 "aerial": modality("optical", [640, 560, 480, 810], 0.2, 512),
                 "dem": modality("dem", ["dsm", "dtm"], 0.2, 512),
-                "s2": modality("optical", S2_L2A_10, 10.24, 10, True, 16, 0.3),
-                "s1_des": modality("sar", ["des_vv", "des_vh"], 10.24, 10, True, 16, 0.3),
+                "s2": modality("optical", S2_L2A_10, 10.24, 10, True, 0, 0.3),
+                "s1_des": modality("sar", ["des_vv", "des_vh"], 10.24, 10, True, 0, 0.3),
             },
         }
     )
@@ -73,6 +75,8 @@ def paper_datasets():
                 "path": "data/mmearth",
                 "split": "train",
                 "norm_path": None,
+                # share of the split read (the original: a random 0.6 of MMEarth)
+                "partition": 1.0,
             },
             "weight": 1.0,
             "per_device_batch": 32,
@@ -111,7 +115,7 @@ def paper_datasets():
             "effective_gsds": [float(g) for g in range(5, 21)],
             "modalities": {
                 "spot": modality("optical", [665, 560, 490, 835], 1.5, 263),
-                "s2": modality("optical", S2_12, 10, 39, True, 16),
+                "s2": modality("optical", S2_12, 10, 39, True),
             },
         }
     )
@@ -181,7 +185,9 @@ def get_config(arg=None):
 
     c.data = ml_collections.ConfigDict()
     c.data.datasets = paper_datasets()
+    # step shapes per dataset: token buckets x time buckets (ramen_jax/data/buckets.py)
     c.data.max_buckets_per_dataset = 16
+    c.data.max_time_buckets_per_dataset = 4
     c.data.num_workers = 8  # worker processes preparing batches
     c.data.num_threads = 2  # batches prepared concurrently per process
     c.data.prefetch = 4  # ready batches waiting for the step

@@ -58,7 +58,8 @@ from data_prep.statistics import ChannelStats, PatchStats  # noqa: F401  (re-exp
 
 VERSION = "1.0.0"
 STATS_FILE = "stats.json"
-STATS_FORMAT = "pooled+patch"  # what a chunk result holds; part of the plan's fingerprint
+TIME_STEPS_FILE = "time_steps.json"
+STATS_FORMAT = "pooled+patch,time_steps"  # what a chunk result holds; part of the fingerprint
 INFO_FILES = ("features.json", "dataset_info.json")  # dataset_info.json last: the commit point
 WORK_DIR = "_work"
 TRAIN = "train"
@@ -379,18 +380,35 @@ def build_chunk(builder_class, source: Source, chunk: Chunk, build_dir: Path, on
         if builder.num_examples:
             raise
         # Every item of the chunk was skipped: TFDS refuses to write an empty split.
-    shard, num_bytes = None, 0
+    shard, num_bytes, time_steps = None, 0, {}
     if builder.num_examples:
         num_bytes = builder.info.splits[chunk.split].num_bytes
         (shard,) = builder.data_path.glob(f"{builder.name}-{chunk.split}.array_record-*")
         shard = os.fspath(shard.relative_to(build_dir))
+        time_steps = _time_steps(builder_class, builder.data_path, chunk.split)
     return {
         "num_examples": builder.num_examples,
         "num_bytes": num_bytes,
         "shard": shard,
         "skipped": builder.skipped,
         "stats": {key: stats.to_json() for key, stats in builder.stats.items()},
+        "time_steps": time_steps,
     }
+
+
+def _time_steps(builder_class, data_path, split: str) -> dict:
+    """Dates per record of each time-series modality, in the shard's record order (TFDS orders
+    a shard by hashed key, not as the source yields): read back from the committed shard."""
+    names = [m.name for m in builder_class.SPEC.modalities if m.time_series]
+    if not names:
+        return {}
+    records = tfds.builder_from_directory(os.fspath(data_path)).as_data_source(split)
+    counts = {name: [] for name in names}
+    for index in range(len(records)):
+        record = records[index]
+        for name in names:
+            counts[name].append(len(record[name + DATES_SUFFIX]))
+    return counts
 
 
 _worker_job: tuple = ()
@@ -542,6 +560,13 @@ def _finalize(builder_class, chunks, work: Workspace, out_dir: Path, splits, sta
         merged = statistics.merged_summary(states, method, orders)
         statistics.write_norm_files(out_dir, merged)
         write_json_atomic(out_dir / STATS_FILE, merged)
+    time_steps = {}
+    for split in splits:
+        for chunk, result in results:
+            if chunk.split == split and result["num_examples"]:
+                for name, counts in result["time_steps"].items():
+                    time_steps.setdefault(split, {}).setdefault(name, []).extend(counts)
+    write_json_atomic(out_dir / TIME_STEPS_FILE, time_steps)
     builder = builder_class(
         source=None,
         chunk=None,
@@ -580,6 +605,15 @@ def load_split(data_dir, split: str):
     (``ramen_jax.data.staging`` copies a dataset kept in a bucket).
     """
     return tfds.builder_from_directory(os.fspath(data_dir)).as_data_source(split)
+
+
+def load_time_steps(data_dir, split: str) -> dict | None:
+    """``{time-series modality: [dates of record i, ...]}`` of a split, in ``load_split``'s
+    index order (``data_dir`` may be a URL); None for a dataset converted without the file."""
+    path = epath.Path(data_dir) / TIME_STEPS_FILE
+    if not path.exists():
+        return None
+    return json.loads(path.read_text()).get(split, {})
 
 
 def load_stats(data_dir, norm_path=None) -> dict:

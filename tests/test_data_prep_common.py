@@ -141,6 +141,10 @@ def test_round_trip_shapes_dtypes_dates_and_stats(tmp_path):
             assert actual[key].dtype == expected[key].dtype
             np.testing.assert_array_equal(actual[key], expected[key])
     assert_stats_close(common.load_stats(tmp_path), expected_patch_stats(range(6)))
+    for split in ("train", "val"):  # dates per record, in load_split's order
+        records = common.load_split(tmp_path, split)
+        expected = [len(records[i]["ts_dates"]) for i in range(len(records))]
+        assert common.load_time_steps(tmp_path, split) == {"ts": expected}
     assert not (tmp_path / common.WORK_DIR).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "NORM_img_patch.json",
@@ -148,6 +152,7 @@ def test_round_trip_shapes_dtypes_dates_and_stats(tmp_path):
         "dataset_info.json",
         "features.json",
         "stats.json",
+        "time_steps.json",
         "toy-train.array_record-00000-of-00003",
         "toy-train.array_record-00001-of-00003",
         "toy-train.array_record-00002-of-00003",
