@@ -238,7 +238,15 @@ def get_config(arg=None):
     # one stop step after a signal, at the first step, at each new shape and every_steps.
     c.host_sync = ml_collections.ConfigDict({"every_steps": 10, "timeout_s": 300.0})
 
-    c.checkpoint = ml_collections.ConfigDict({"every_steps": 1000, "keep": 3, "async_save": True})
+    # keep: the newest checkpoints (resume); keep_best: besides them, the validated states with
+    # the lowest validation loss in DIR/best (0: off), as the original keeps its best by val loss
+    c.checkpoint = ml_collections.ConfigDict(
+        {"every_steps": 1000, "keep": 3, "async_save": True, "keep_best": 3}
+    )
+    # Validation on the held-out splits (ramen_jax/training/validation.py): every_steps > 0
+    # steps, 0 once per epoch (the original), < 0 never; batches per dataset (0: the whole
+    # split); a fixed seed for the GSD, modalities and masks of every validation batch.
+    c.eval = ml_collections.ConfigDict({"every_steps": 0, "split": "val", "batches": 0, "seed": 1})
     c.init_from = ""
     c.log_every_steps = 50
     c.preview_every_steps = 2000
@@ -265,6 +273,7 @@ def get_config(arg=None):
         )
         c.data.datasets = demo_datasets(per_device_batch=4)
         c.data.num_workers = 0
+        c.eval.every_steps = -1  # the demo patches have no held-out split
         c.total_steps, c.steps_per_epoch = 20, 2
         c.optim.warmup_epochs = 1
         c.checkpoint.every_steps = 10
@@ -272,6 +281,7 @@ def get_config(arg=None):
     elif arg == "cpu_step":
         c.data.datasets = demo_datasets(per_device_batch=1)
         c.data.num_workers = 0
+        c.eval.every_steps = -1  # the demo patches have no held-out split
         c.model.dtype = "float32"
         c.total_steps, c.steps_per_epoch = 1, 1
         c.optim.warmup_epochs = 0
