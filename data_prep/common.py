@@ -380,25 +380,26 @@ def build_chunk(builder_class, source: Source, chunk: Chunk, build_dir: Path, on
         if builder.num_examples:
             raise
         # Every item of the chunk was skipped: TFDS refuses to write an empty split.
-    shard, num_bytes, time_steps = None, 0, {}
+    shard, num_bytes = None, 0
     if builder.num_examples:
         num_bytes = builder.info.splits[chunk.split].num_bytes
         (shard,) = builder.data_path.glob(f"{builder.name}-{chunk.split}.array_record-*")
         shard = os.fspath(shard.relative_to(build_dir))
-        time_steps = _time_steps(builder_class, builder.data_path, chunk.split)
     return {
         "num_examples": builder.num_examples,
         "num_bytes": num_bytes,
         "shard": shard,
         "skipped": builder.skipped,
         "stats": {key: stats.to_json() for key, stats in builder.stats.items()},
-        "time_steps": time_steps,
+        "time_steps": None if builder.num_examples else {},  # read back when finalising
     }
 
 
 def _time_steps(builder_class, data_path, split: str) -> dict:
     """Dates per record of each time-series modality, in the shard's record order (TFDS orders
-    a shard by hashed key, not as the source yields): read back from the committed shard."""
+    a shard by hashed key, not as the source yields): read back from the committed shard, by
+    the main process (an ArrayRecord reader in a forked worker can crash on the reader threads
+    its parent started)."""
     names = [m.name for m in builder_class.SPEC.modalities if m.time_series]
     if not names:
         return {}
@@ -525,6 +526,11 @@ def _finalize(builder_class, chunks, work: Workspace, out_dir: Path, splits, sta
     """Moves the shards into place, then writes stats.json (and the same statistics as the
     original's NORM files) and the TFDS metadata."""
     results = [(chunk, work.result(chunk)) for chunk in chunks]
+    for chunk, result in results:  # before any shard moves, so that a rerun finds them all
+        if result.get("time_steps") is None:
+            built = work.build_dir(chunk) / result["shard"]
+            result["time_steps"] = _time_steps(builder_class, built.parent, chunk.split)
+            work.save_result(chunk, result)
     split_infos = []
     for split in splits:
         done = [(c, r) for c, r in results if c.split == split and r["num_examples"]]

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import grain
 import jax
 import numpy as np
+from absl import logging
 
 from ramen_jax import geometry, sensors
 from ramen_jax.data import buckets as buckets_lib
@@ -40,7 +41,11 @@ from ramen_jax.data import mixing as mixing_lib
 from ramen_jax.data import plan as plan_lib
 from ramen_jax.data import temporal_dropout
 from ramen_jax.data.layout import build_layout, sequence_lengths
-from ramen_jax.data.sources import make_source
+from ramen_jax.data.sources import SourceConfigError, make_source
+
+# Dates per series assumed for the shapes of a dataset whose data is not on this machine (a
+# config checked ahead of time, ``ramen_jax.tools.aot_check``); the 16 slots of earlier configs.
+UNKNOWN_TIME_STEPS = 16
 
 
 class BatchError(ValueError):
@@ -117,7 +122,19 @@ def dataset_pipeline(
     caps = {s.name: s.max_time_steps for s in specs if s.time_series}
     series_steps, time_buckets = None, (1,)
     if caps:
-        series_steps = sample_series_steps(source, caps, dropout)
+        try:
+            series_steps = sample_series_steps(source, caps, dropout)
+        except SourceConfigError as error:  # no data here: shapes only (the AOT check)
+            capped = all(caps.values())
+            assumed = max(caps.values()) if capped else UNKNOWN_TIME_STEPS
+            series_steps = np.full(1, assumed, np.int64)
+            logging.warning(
+                "%s: %s; its series are assumed to have %d dates (shapes only: reading a "
+                "batch needs the data)",
+                name,
+                error,
+                series_steps[0],
+            )
         token_buckets, time_buckets = buckets_lib.split_shape_budget(
             distribution, series_steps, global_batch, max_buckets, max_time_buckets
         )
