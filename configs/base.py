@@ -256,7 +256,7 @@ def get_config(arg=None):
     # Persistent XLA cache: "" = JAX's configured one, else WORKDIR/compilation_cache; a path
     # (local or gs://); "off".
     c.compilation_cache_dir = ""
-    c.precompile = False  # compile every step shape (dataset x token bucket) before step 1
+    c.precompile = False  # compile every step shape (dataset x token x time bucket) first
     # XLA:CPU maps every compiled program into the process; at most this many mappings (0: the
     # host's vm.max_map_count on CPU, no limit elsewhere), least recently used steps dropped.
     c.program_map_limit = 0
