@@ -29,7 +29,7 @@ S2_13 = [443, 490, 560, 665, 705, 740, 783, 842, 865, 945, 1370, 1610, 2190]
 S2_12 = [443, 490, 560, 665, 705, 740, 783, 842, 865, 945, 1610, 2190]
 
 
-def modality(kind, channels, gsd, side, time_series=False, max_time_steps=1, temporal_dropout=0.0):
+def modality(kind, channels, gsd, side, time_series=False, max_time_steps=0, temporal_dropout=0.0):
     return ml_collections.ConfigDict(
         {
             "kind": kind,
@@ -37,6 +37,8 @@ def modality(kind, channels, gsd, side, time_series=False, max_time_steps=1, tem
             "gsd": float(gsd),
             "side": side,
             "time_series": time_series,
+            # dates a sample keeps at most (longer series sub-sampled); 0: no cap, as the
+            # original, whose batches pad every series to the batch's longest
             "max_time_steps": max_time_steps,
             # share of a series' dates dropped at random at every load (the original: 0.3 for
             # FLAIR-HUB's Sentinel series, none for WorldStrat)
@@ -49,21 +51,33 @@ def paper_datasets():
     d = ml_collections.ConfigDict()
     d.flairhub = ml_collections.ConfigDict(
         {
-            "source": {"type": "records", "path": "data/flairhub", "split": "train"},
+            "source": {
+                "type": "records",
+                "path": "data/flairhub",
+                "split": "train",
+                "norm_path": None,
+            },
             "weight": 1.0,
             "per_device_batch": 4,
             "effective_gsds": [float(g) for g in range(3, 21)],
             "modalities": {
                 "aerial": modality("optical", [640, 560, 480, 810], 0.2, 512),
                 "dem": modality("dem", ["dsm", "dtm"], 0.2, 512),
-                "s2": modality("optical", S2_L2A_10, 10.24, 10, True, 16, 0.3),
-                "s1_des": modality("sar", ["des_vv", "des_vh"], 10.24, 10, True, 16, 0.3),
+                "s2": modality("optical", S2_L2A_10, 10.24, 10, True, 0, 0.3),
+                "s1_des": modality("sar", ["des_vv", "des_vh"], 10.24, 10, True, 0, 0.3),
             },
         }
     )
     d.mmearth = ml_collections.ConfigDict(
         {
-            "source": {"type": "records", "path": "data/mmearth", "split": "train"},
+            "source": {
+                "type": "records",
+                "path": "data/mmearth",
+                "split": "train",
+                "norm_path": None,
+                # share of the split read (the original: a random 0.6 of MMEarth)
+                "partition": 1.0,
+            },
             "weight": 1.0,
             "per_device_batch": 32,
             "effective_gsds": [float(g) for g in range(20, 101, 10)],
@@ -90,13 +104,18 @@ def paper_datasets():
     )
     d.worldstrat = ml_collections.ConfigDict(
         {
-            "source": {"type": "records", "path": "data/worldstrat", "split": "train"},
+            "source": {
+                "type": "records",
+                "path": "data/worldstrat",
+                "split": "train",
+                "norm_path": None,
+            },
             "weight": 1.0,
             "per_device_batch": 2,
             "effective_gsds": [float(g) for g in range(5, 21)],
             "modalities": {
                 "spot": modality("optical", [665, 560, 490, 835], 1.5, 263),
-                "s2": modality("optical", S2_12, 10, 39, True, 16),
+                "s2": modality("optical", S2_12, 10, 39, True),
             },
         }
     )
@@ -166,7 +185,9 @@ def get_config(arg=None):
 
     c.data = ml_collections.ConfigDict()
     c.data.datasets = paper_datasets()
+    # step shapes per dataset: token buckets x time buckets (ramen_jax/data/buckets.py)
     c.data.max_buckets_per_dataset = 16
+    c.data.max_time_buckets_per_dataset = 4
     c.data.num_workers = 8  # worker processes preparing batches
     c.data.num_threads = 2  # batches prepared concurrently per process
     c.data.prefetch = 4  # ready batches waiting for the step
@@ -217,7 +238,15 @@ def get_config(arg=None):
     # one stop step after a signal, at the first step, at each new shape and every_steps.
     c.host_sync = ml_collections.ConfigDict({"every_steps": 10, "timeout_s": 300.0})
 
-    c.checkpoint = ml_collections.ConfigDict({"every_steps": 1000, "keep": 3, "async_save": True})
+    # keep: the newest checkpoints (resume); keep_best: besides them, the validated states with
+    # the lowest validation loss in DIR/best (0: off), as the original keeps its best by val loss
+    c.checkpoint = ml_collections.ConfigDict(
+        {"every_steps": 1000, "keep": 3, "async_save": True, "keep_best": 3}
+    )
+    # Validation on the held-out splits (ramen_jax/training/validation.py): every_steps > 0
+    # steps, 0 once per epoch (the original), < 0 never; batches per dataset (0: the whole
+    # split); a fixed seed for the GSD, modalities and masks of every validation batch.
+    c.eval = ml_collections.ConfigDict({"every_steps": 0, "split": "val", "batches": 0, "seed": 1})
     c.init_from = ""
     c.log_every_steps = 50
     c.preview_every_steps = 2000
@@ -227,7 +256,7 @@ def get_config(arg=None):
     # Persistent XLA cache: "" = JAX's configured one, else WORKDIR/compilation_cache; a path
     # (local or gs://); "off".
     c.compilation_cache_dir = ""
-    c.precompile = False  # compile every step shape (dataset x token bucket) before step 1
+    c.precompile = False  # compile every step shape (dataset x token x time bucket) first
     # XLA:CPU maps every compiled program into the process; at most this many mappings (0: the
     # host's vm.max_map_count on CPU, no limit elsewhere), least recently used steps dropped.
     c.program_map_limit = 0
@@ -244,6 +273,7 @@ def get_config(arg=None):
         )
         c.data.datasets = demo_datasets(per_device_batch=4)
         c.data.num_workers = 0
+        c.eval.every_steps = -1  # the demo patches have no held-out split
         c.total_steps, c.steps_per_epoch = 20, 2
         c.optim.warmup_epochs = 1
         c.checkpoint.every_steps = 10
@@ -251,6 +281,7 @@ def get_config(arg=None):
     elif arg == "cpu_step":
         c.data.datasets = demo_datasets(per_device_batch=1)
         c.data.num_workers = 0
+        c.eval.every_steps = -1  # the demo patches have no held-out split
         c.model.dtype = "float32"
         c.total_steps, c.steps_per_epoch = 1, 1
         c.optim.warmup_epochs = 0

@@ -9,14 +9,15 @@ Owns:
   one *chunk* (a slice of one split) as a single ArrayRecord shard with ``download_and_prepare``,
   which commits it atomically (TFDS writes into an ``incomplete.*`` folder and renames it);
 - ``convert``: plans the chunks, builds the pending ones (optionally in worker processes), then
-  finalises: moves the shards into ``OUT``, writes ``stats.json`` and finally
+  finalises: moves the shards into ``OUT``, writes ``stats.json`` (and the same statistics as
+  the original's ``NORM_<key>_patch.json`` files) and finally
   ``dataset_info.json`` + ``features.json`` (their presence marks a finished dataset). A
   conversion that ends with no example at all is refused (``EmptyDatasetError``), never finished;
 - resuming: ``OUT/_work/plan.json`` fingerprints the chunk plan, and
   ``OUT/_work/chunks/<chunk>.json`` (written atomically once the chunk's shard is committed) marks
   a chunk done and holds its statistics. A rerun skips done chunks and discards what an
   interrupted chunk left behind;
-- per-channel statistics (``ChannelStats``, exact parallel merge of count / mean / M2);
+- collecting per-channel statistics of the train split (computed in ``data_prep.statistics``);
 - ``load_split`` / ``load_stats`` for the input pipeline (no converter import needed), and the
   command-line flags shared by the converters.
 
@@ -52,8 +53,13 @@ from etils import epath
 from tensorflow_datasets.core import naming
 from tensorflow_datasets.core import splits as splits_lib
 
+from data_prep import statistics
+from data_prep.statistics import ChannelStats, PatchStats  # noqa: F401  (re-exported)
+
 VERSION = "1.0.0"
 STATS_FILE = "stats.json"
+TIME_STEPS_FILE = "time_steps.json"
+STATS_FORMAT = "pooled+patch,time_steps"  # what a chunk result holds; part of the fingerprint
 INFO_FILES = ("features.json", "dataset_info.json")  # dataset_info.json last: the commit point
 WORK_DIR = "_work"
 TRAIN = "train"
@@ -186,77 +192,15 @@ def read_geotiff(path: Path) -> np.ndarray:
         raise SourceError(path, str(error)) from error
 
 
-class ChannelStats:
-    """Per-channel count, mean and M2 (sum of squared deviations) of the valid values seen.
-
-    Valid values are finite values of (time step, channel) planes that are not entirely zero:
-    all-zero planes are absent data (a zero-filled missing modality, the empty B10 band of
-    Sentinel-2 L2A), which the original's normalisation leaves untouched as well. Batches are
-    merged with the exact parallel formula (Chan et al.), so the result does not depend on how
-    the data was chunked.
-    """
-
-    def __init__(self, channels: int):
-        self.count = np.zeros(channels, np.int64)
-        self.mean = np.zeros(channels, np.float64)
-        self.m2 = np.zeros(channels, np.float64)
-        self.examples = 0
-
-    def add(self, array: np.ndarray) -> None:
-        """Adds one ``[T, H, W, C]`` array."""
-        planes = np.moveaxis(array, -1, 1).reshape(array.shape[0], array.shape[-1], -1)
-        valid = np.isfinite(planes) & np.any(planes != 0, axis=2, keepdims=True)
-        values = np.where(valid, planes, 0).astype(np.float64)
-        count = valid.sum(axis=(0, 2))
-        mean = values.sum(axis=(0, 2)) / np.maximum(count, 1)
-        m2 = (np.where(valid, values - mean[None, :, None], 0) ** 2).sum(axis=(0, 2))
-        self._merge(count, mean, m2)
-        self.examples += int(count.sum() > 0)
-
-    def merge(self, other: ChannelStats) -> None:
-        self._merge(other.count, other.mean, other.m2)
-        self.examples += other.examples
-
-    def _merge(self, count: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> None:
-        total = self.count + count
-        share = np.divide(count, total, out=np.zeros_like(self.mean), where=total > 0)
-        delta = mean - self.mean
-        self.mean = self.mean + delta * share
-        self.m2 = self.m2 + m2 + delta**2 * self.count * share
-        self.count = total
-
-    def to_json(self) -> dict:
-        return {
-            "count": self.count.tolist(),
-            "mean": self.mean.tolist(),
-            "m2": self.m2.tolist(),
-            "examples": self.examples,
-        }
-
-    @classmethod
-    def from_json(cls, state: Mapping) -> ChannelStats:
-        stats = cls(len(state["count"]))
-        stats.count = np.asarray(state["count"], np.int64)
-        stats.mean = np.asarray(state["mean"], np.float64)
-        stats.m2 = np.asarray(state["m2"], np.float64)
-        stats.examples = int(state["examples"])
-        return stats
-
-    def summary(self) -> dict:
-        """``stats.json`` entry: population std; channels never observed get mean 0, std 1."""
-        seen = self.count > 0
-        std = np.sqrt(np.divide(self.m2, self.count, out=np.ones_like(self.m2), where=seen))
-        return {
-            "mean": np.where(seen, self.mean, 0.0).tolist(),
-            "std": std.tolist(),
-            "count": self.examples,
-        }
-
-
 class Source(abc.ABC):
     """Reads one dataset in its published layout. Items are JSON-able keys of source units."""
 
     examples_per_item = 1
+    # The original leaves all-zero (time step, channel) planes out of its normalisation
+    # (MMEarth only); see ``data_prep.statistics``.
+    skip_zero_planes = False
+    # stats key -> the original's channel of each record channel, where the records reorder it.
+    original_channels: Mapping[str, Sequence[int]] = {}
 
     @abc.abstractmethod
     def items(self, split: str) -> list:
@@ -303,7 +247,7 @@ class ChunkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def __init__(self, *, source: Source | None, chunk: Chunk | None, on_error: str, **kwargs):
         self._source, self._chunk, self._on_error = source, chunk, on_error
-        self.stats: dict[str, ChannelStats] = {}
+        self.stats: dict[str, statistics.KeyStats] = {}
         self.skipped: list[str] = []
         self.num_examples = 0
         super().__init__(**kwargs)
@@ -349,7 +293,10 @@ class ChunkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _add_to_stats(self, example: Mapping) -> None:
         for modality in self.SPEC.modalities:
             key = self._source.stats_key(modality.name, example)
-            stats = self.stats.setdefault(key, ChannelStats(len(modality.channels)))
+            if key not in self.stats:
+                channels = len(modality.channels)
+                self.stats[key] = statistics.KeyStats(channels, self._source.skip_zero_planes)
+            stats = self.stats[key]
             stats.add(example[modality.name])
 
     @tfds.core.utils.classproperty
@@ -406,7 +353,12 @@ def write_json_atomic(path: Path, value) -> None:
 
 
 def fingerprint(name: str, chunks: Sequence[Chunk]) -> str:
-    plan = [name, VERSION, [(chunk.split, chunk.index, list(chunk.items)) for chunk in chunks]]
+    plan = [
+        name,
+        VERSION,
+        STATS_FORMAT,
+        [(chunk.split, chunk.index, list(chunk.items)) for chunk in chunks],
+    ]
     return hashlib.sha256(json.dumps(plan).encode()).hexdigest()
 
 
@@ -439,7 +391,25 @@ def build_chunk(builder_class, source: Source, chunk: Chunk, build_dir: Path, on
         "shard": shard,
         "skipped": builder.skipped,
         "stats": {key: stats.to_json() for key, stats in builder.stats.items()},
+        "time_steps": None if builder.num_examples else {},  # read back when finalising
     }
+
+
+def _time_steps(builder_class, data_path, split: str) -> dict:
+    """Dates per record of each time-series modality, in the shard's record order (TFDS orders
+    a shard by hashed key, not as the source yields): read back from the committed shard, by
+    the main process (an ArrayRecord reader in a forked worker can crash on the reader threads
+    its parent started)."""
+    names = [m.name for m in builder_class.SPEC.modalities if m.time_series]
+    if not names:
+        return {}
+    records = tfds.builder_from_directory(os.fspath(data_path)).as_data_source(split)
+    counts = {name: [] for name in names}
+    for index in range(len(records)):
+        record = records[index]
+        for name in names:
+            counts[name].append(len(record[name + DATES_SUFFIX]))
+    return counts
 
 
 _worker_job: tuple = ()
@@ -465,13 +435,19 @@ def convert(
     max_examples: int | None = None,
     chunk_size: int | None = None,
     workers: int = 1,
+    stats_method: str = "patch",
 ) -> None:
     """Converts ``splits`` of ``source`` into a TFDS ArrayRecord dataset in ``out_dir``.
+
+    ``stats_method`` (``patch``, the original's, or ``pooled``) picks the statistics written to
+    ``stats.json`` and the ``NORM_<key>_patch.json`` files (``data_prep.statistics``).
 
     Resumable: rerun with the same arguments after an interruption and only unfinished chunks
     are built again. Raises ``SourceError`` (``on_error='stop'``) naming the bad source path, and
     ``EmptyDatasetError`` when no split holds an example (every item skipped, or none listed).
     """
+    if stats_method not in statistics.METHODS:
+        raise ValueError(f"unknown statistics method {stats_method!r}; known: {statistics.METHODS}")
     out_dir = Path(out_dir)
     work = Workspace(out_dir)
     if (out_dir / INFO_FILES[-1]).exists() and not work.root.exists():
@@ -498,7 +474,8 @@ def convert(
     for chunk, result in _build_chunks(builder_class, source, pending, work, on_error, workers):
         work.save_result(chunk, result)
         progress.update(chunk, result)
-    _finalize(builder_class, chunks, work, out_dir, list(items))
+    orders = {key: list(order) for key, order in source.original_channels.items()}
+    _finalize(builder_class, chunks, work, out_dir, list(items), (stats_method, orders))
 
 
 def _build_chunks(builder_class, source, pending, work, on_error, workers):
@@ -545,9 +522,15 @@ class _Progress:
         )
 
 
-def _finalize(builder_class, chunks, work: Workspace, out_dir: Path, splits) -> None:
-    """Moves the shards into place, then writes stats.json and the TFDS metadata."""
+def _finalize(builder_class, chunks, work: Workspace, out_dir: Path, splits, stats_options) -> None:
+    """Moves the shards into place, then writes stats.json (and the same statistics as the
+    original's NORM files) and the TFDS metadata."""
     results = [(chunk, work.result(chunk)) for chunk in chunks]
+    for chunk, result in results:  # before any shard moves, so that a rerun finds them all
+        if result.get("time_steps") is None:
+            built = work.build_dir(chunk) / result["shard"]
+            result["time_steps"] = _time_steps(builder_class, built.parent, chunk.split)
+            work.save_result(chunk, result)
     split_infos = []
     for split in splits:
         done = [(c, r) for c, r in results if c.split == split and r["num_examples"]]
@@ -578,7 +561,18 @@ def _finalize(builder_class, chunks, work: Workspace, out_dir: Path, splits) -> 
     if not split_infos:
         _refuse_empty_dataset(results, work, out_dir)
     if TRAIN in splits:
-        write_json_atomic(out_dir / STATS_FILE, _merged_stats(results))
+        method, orders = stats_options
+        states = [result["stats"] for chunk, result in results if chunk.split == TRAIN]
+        merged = statistics.merged_summary(states, method, orders)
+        statistics.write_norm_files(out_dir, merged)
+        write_json_atomic(out_dir / STATS_FILE, merged)
+    time_steps = {}
+    for split in splits:
+        for chunk, result in results:
+            if chunk.split == split and result["num_examples"]:
+                for name, counts in result["time_steps"].items():
+                    time_steps.setdefault(split, {}).setdefault(name, []).extend(counts)
+    write_json_atomic(out_dir / TIME_STEPS_FILE, time_steps)
     builder = builder_class(
         source=None,
         chunk=None,
@@ -609,20 +603,6 @@ def _refuse_empty_dataset(results, work: Workspace, out_dir: Path) -> None:
     raise EmptyDatasetError(f"{out_dir}: no examples written, the splits list no source items")
 
 
-def _merged_stats(results: Sequence[tuple[Chunk, Mapping]]) -> dict:
-    merged: dict[str, ChannelStats] = {}
-    for chunk, result in results:
-        if chunk.split != TRAIN:
-            continue
-        for key, state in result["stats"].items():
-            stats = ChannelStats.from_json(state)
-            if key in merged:
-                merged[key].merge(stats)
-            else:
-                merged[key] = stats
-    return {key: merged[key].summary() for key in sorted(merged)}
-
-
 def load_split(data_dir, split: str):
     """Random-access source over one split: ``len(source)``, ``source[i] -> dict`` of numpy.
 
@@ -633,10 +613,23 @@ def load_split(data_dir, split: str):
     return tfds.builder_from_directory(os.fspath(data_dir)).as_data_source(split)
 
 
-def load_stats(data_dir) -> dict:
-    """``{stats key: {"mean": [C], "std": [C], "count": examples}}`` over the train split
-    (``data_dir`` may be a URL)."""
-    return json.loads((epath.Path(data_dir) / STATS_FILE).read_text())
+def load_time_steps(data_dir, split: str) -> dict | None:
+    """``{time-series modality: [dates of record i, ...]}`` of a split, in ``load_split``'s
+    index order (``data_dir`` may be a URL); None for a dataset converted without the file."""
+    path = epath.Path(data_dir) / TIME_STEPS_FILE
+    if not path.exists():
+        return None
+    return json.loads(path.read_text()).get(split, {})
+
+
+def load_stats(data_dir, norm_path=None) -> dict:
+    """``{stats key: {"mean": [C], "std": [C], "count": examples, ...}}`` over the train split
+    (``data_dir`` may be a URL). With ``norm_path``, mean and std come from the folder's
+    ``NORM_<key>_patch.json`` files instead (the original's format; ``data_prep.statistics``)."""
+    stats = json.loads((epath.Path(data_dir) / STATS_FILE).read_text())
+    if norm_path is not None:
+        stats = statistics.read_norm_files(norm_path, stats)
+    return stats
 
 
 def local_folder(text: str) -> Path:
@@ -680,6 +673,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         help="source items per chunk; each chunk is one shard and one unit of resuming",
     )
     parser.add_argument("--workers", type=int, default=1, help="chunks built in parallel")
+    parser.add_argument(
+        "--stats",
+        choices=statistics.METHODS,
+        default="patch",
+        help="normalisation statistics: patch (default, the original's: mean over train samples "
+        "of per-sample means and unbiased stds) or pooled (over all values)",
+    )
 
 
 def run(builder_class, make_source, splits_of, args: argparse.Namespace) -> int:
@@ -703,6 +703,7 @@ def run(builder_class, make_source, splits_of, args: argparse.Namespace) -> int:
             max_examples=args.max_examples,
             chunk_size=args.chunk_size,
             workers=args.workers,
+            stats_method=args.stats,
         )
     except SourceError as error:
         log.error("stopped on a source error (rerun to resume): %s", error)

@@ -224,6 +224,11 @@ class MMEarthSource(common.Source):
             raise common.SourceError(self.tile_info, f"no entry for tile {tile}")
         return np.array([self.s2_dates[tile]], np.int32)
 
+    # The original's MMEarth loader leaves all-zero planes unnormalised; its statistics files are
+    # in the HDF5 band order.
+    skip_zero_planes = True
+    original_channels = {"s2_l1c": S2_RECORD_FROM_H5, "s2_l2a": S2_RECORD_FROM_H5}
+
     def stats_key(self, modality: str, example) -> str:
         return f"s2_{example['s2_product']}" if modality == "s2" else modality
 

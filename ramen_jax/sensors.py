@@ -74,7 +74,9 @@ class ModalitySpec:
       gsd: native ground sampling distance in metres per pixel.
       side: native side of the (square) input in pixels.
       time_series: True if the modality carries several dates per sample (L-TAE path).
-      max_time_steps: time slots in a batch for a time series (ignored otherwise).
+      max_time_steps: for a time series, the most dates a sample keeps (longer series are
+        sub-sampled), 0 for no cap; ``ramen_jax.data.pipeline.build_datasets`` sets it to the
+        dataset's largest time bucket. Always 1 for a single-date modality.
     """
 
     name: str
@@ -115,8 +117,8 @@ class ModalitySpec:
             raise ModalityError(f"modality {self.name!r}: side must be >= 1, got {self.side}")
         object.__setattr__(self, "gsd", float(self.gsd))
         object.__setattr__(self, "side", int(self.side))
-        steps = int(self.max_time_steps) if self.time_series else 1
-        object.__setattr__(self, "max_time_steps", max(1, steps))
+        steps = max(0, int(self.max_time_steps)) if self.time_series else 1
+        object.__setattr__(self, "max_time_steps", steps)
 
     @property
     def num_channels(self) -> int:

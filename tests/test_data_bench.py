@@ -21,7 +21,7 @@ import pytest
 
 from configs import base
 from ramen_jax import geometry
-from ramen_jax.data import bench, pipeline
+from ramen_jax.data import bench, pipeline, temporal_dropout
 
 REPO = Path(__file__).resolve().parents[1]
 BATCHES = 40
@@ -96,7 +96,7 @@ def recount(result: dict) -> dict:
         datasets, seed=config.seed, mask_ratio=0.75, mixing=config.data.mixing
     )
     counts = {
-        name: {"signatures": set(), "steps": 0, "samples": 0, "padded": 0, "slots": 0}
+        name: {"signatures": set(), "steps": 0, "samples": 0, "padded": 0, "slots": 0, "dates": {}}
         for name in DATASETS
     }
     for step in range(BATCHES):
@@ -113,6 +113,19 @@ def recount(result: dict) -> dict:
         count["samples"] += rows
         count["padded"] += rows * (slots - tokens)
         count["slots"] += rows * slots
+        stream = batches.stream(draw.dataset)
+        for spec in dataset.specs:
+            if not spec.time_series:
+                continue
+            for position in range(draw.draw * rows, (draw.draw + 1) * rows):
+                dates = len(dataset.source.load(stream[position], None)[f"{spec.name}_dates"])
+                fraction = dataset.temporal_dropout.get(spec.name)
+                kept = (
+                    temporal_dropout.kept_count(dates, fraction)
+                    if fraction and dates > 1
+                    else dates
+                )
+                count["dates"].setdefault(spec.name, []).append(kept)
     return counts
 
 
@@ -148,6 +161,14 @@ def test_shapes_and_padding_match_an_independent_count(bench_run):
         assert reported["steps"] == count["steps"] and reported["samples"] == count["samples"]
         expected = count["padded"] / count["slots"] if count["slots"] else 0.0
         assert reported["padding_fraction"] == pytest.approx(expected, rel=1e-12)
+        for modality, dates in count["dates"].items():  # every date kept: no cap
+            assert result["time_steps"][f"{name}/{modality}"] == {
+                "min": min(dates),
+                "median": float(np.median(dates)),
+                "max": max(dates),
+            }
+    assert set(result["time_steps"]) == {"flairhub/s2", "flairhub/s1_des", "worldstrat/s2"}
+    assert result["time_steps"]["flairhub/s1_des"]["max"] > 16  # the stand-ins' S1 series
     samples = sum(c["samples"] for c in counts.values())
     assert result["samples_per_s"] == pytest.approx(result["batches_per_s"] * samples / BATCHES)
 

@@ -78,8 +78,27 @@ def read_all(out_dir, split):
     return {example["id"].decode(): example for example in (source[i] for i in range(len(source)))}
 
 
+def expected_patch_stats(items):
+    """The original's formula, by hand: per sample and channel, the mean and the unbiased std of
+    all its values (non-finite ones set to 0); then the mean over samples of each."""
+    result = {}
+    for name, channels in (("img", 2), ("ts", 1)):
+        means, stds = [], []
+        for item in items:
+            array = np.nan_to_num(toy_example(item)[name].astype(np.float64), posinf=0, neginf=0)
+            per_channel = [array[..., c].ravel() for c in range(channels)]
+            means.append([v.mean() for v in per_channel])
+            stds.append([v.std(ddof=1) for v in per_channel])
+        result[name] = {
+            "mean": np.mean(means, axis=0).tolist(),
+            "std": np.mean(stds, axis=0).tolist(),
+            "count": len(items),
+        }
+    return result
+
+
 def expected_stats(items):
-    """Statistics of the valid values (finite, in planes that are not all zero), with numpy."""
+    """Pooled statistics of the valid values (finite, in planes that are not all zero)."""
     result = {}
     for name, channels in (("img", 2), ("ts", 1)):
         per_channel, examples = [[] for _ in range(channels)], 0
@@ -121,17 +140,31 @@ def test_round_trip_shapes_dtypes_dates_and_stats(tmp_path):
         for key in ("img", "img_dates", "ts", "ts_dates"):
             assert actual[key].dtype == expected[key].dtype
             np.testing.assert_array_equal(actual[key], expected[key])
-    assert_stats_close(common.load_stats(tmp_path), expected_stats(range(6)))
+    assert_stats_close(common.load_stats(tmp_path), expected_patch_stats(range(6)))
+    for split in ("train", "val"):  # dates per record, in load_split's order
+        records = common.load_split(tmp_path, split)
+        expected = [len(records[i]["ts_dates"]) for i in range(len(records))]
+        assert common.load_time_steps(tmp_path, split) == {"ts": expected}
     assert not (tmp_path / common.WORK_DIR).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "NORM_img_patch.json",
+        "NORM_ts_patch.json",
         "dataset_info.json",
         "features.json",
         "stats.json",
+        "time_steps.json",
         "toy-train.array_record-00000-of-00003",
         "toy-train.array_record-00001-of-00003",
         "toy-train.array_record-00002-of-00003",
         "toy-val.array_record-00000-of-00001",
     ]
+
+
+def test_pooled_statistics_stay_available(tmp_path):
+    common.convert(Toy, ToySource(), tmp_path, ["train", "val"], stats_method="pooled")
+    stats = common.load_stats(tmp_path)
+    assert_stats_close(stats, expected_stats(range(6)))
+    assert {entry["method"] for entry in stats.values()} == {"pooled"}
 
 
 def test_load_split_needs_no_builder_class(tmp_path):
@@ -163,7 +196,7 @@ def test_skip_policy_reports_and_drops_items(tmp_path, caplog):
     assert sorted(read_all(tmp_path, "train")) == ["item-0", "item-1", "item-4"]
     for item in (2, 3, 5):
         assert f"/fake/src/{item}.tif" in caplog.text
-    assert_stats_close(common.load_stats(tmp_path), expected_stats([0, 1, 4]))
+    assert_stats_close(common.load_stats(tmp_path), expected_patch_stats([0, 1, 4]))
     info = json.loads((tmp_path / "dataset_info.json").read_text())
     assert [int(n) for n in info["splits"][0]["shardLengths"]] == [2, 1]
 
@@ -240,7 +273,7 @@ def test_resume_after_a_crash_between_shard_commit_and_manifest(tmp_path, monkey
     common.convert(Toy, resumed, tmp_path, ["train"])
     assert resumed.visited == [2, 3, 4, 5]  # the committed but unrecorded chunk is rebuilt
     assert sorted(read_all(tmp_path, "train")) == [f"item-{i}" for i in range(6)]
-    assert_stats_close(common.load_stats(tmp_path), expected_stats(range(6)))
+    assert_stats_close(common.load_stats(tmp_path), expected_patch_stats(range(6)))
 
 
 def test_rerun_with_other_options_is_refused_and_finished_output_kept(tmp_path):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from data_prep import common, flairhub, standins
+from tests.test_data_prep_statistics import original_patch_stats
 
 CLEAR, CLOUDY_5PX, CLOUDY_6PX, SNOWY = range(4)
 P1, P2, P3 = "D006-2020_FF-S1-14_5-5", "D006-2020_FF-S1-14_5-6", "D012-2019_AF-S1-27_5-10"
@@ -140,18 +141,17 @@ def test_statistics_cover_train_only_and_skip_missing_modalities(converted):
     _, out, arrays = converted
     stats = common.load_stats(out)
     assert set(stats) == {"aerial", "dem", "s2", "s1_des"}
-    aerial = np.concatenate([arrays[p]["AERIAL_RGBI"].reshape(4, -1) for p in (P1, P2)], 1)
-    np.testing.assert_allclose(stats["aerial"]["mean"], aerial.mean(1), rtol=1e-9)
-    np.testing.assert_allclose(stats["aerial"]["std"], aerial.std(1), rtol=1e-9)
-    kept = [
-        channels_last(arrays[P1]["SENTINEL2_TS"], 10)[[0, 1]],
-        channels_last(arrays[P2]["SENTINEL2_TS"], 10)[[1, 2, 3]],
-    ]
-    s2 = np.concatenate([k.reshape(-1, 10) for k in kept]).astype(float)
-    np.testing.assert_allclose(stats["s2"]["mean"], s2.mean(0), rtol=1e-9)
-    np.testing.assert_allclose(stats["s2"]["std"], s2.std(0), rtol=1e-9)
-    s1 = channels_last(arrays[P1]["SENTINEL1-DESC_TS"], 2).reshape(-1, 2).astype(float)
-    np.testing.assert_allclose(stats["s1_des"]["mean"], s1.mean(0), rtol=1e-9)
+    aerial = original_patch_stats([arrays[p]["AERIAL_RGBI"][None] for p in (P1, P2)])
+    s2 = original_patch_stats(
+        [
+            arrays[P1]["SENTINEL2_TS"].reshape(4, 10, 10, 10)[[0, 1]],
+            arrays[P2]["SENTINEL2_TS"].reshape(4, 10, 10, 10)[[1, 2, 3]],
+        ]
+    )
+    s1 = original_patch_stats([arrays[P1]["SENTINEL1-DESC_TS"].reshape(3, 2, 10, 10)])
+    for key, expected in (("aerial", aerial), ("s2", s2), ("s1_des", s1)):
+        np.testing.assert_allclose(stats[key]["mean"], expected["mean"], rtol=1e-9)
+        np.testing.assert_allclose(stats[key]["std"], expected["std"], rtol=1e-9)
     assert stats["s1_des"]["count"] == 1 and stats["aerial"]["count"] == 2
 
 

@@ -15,9 +15,9 @@ import logging
 
 import h5py
 import numpy as np
-import pytest
 
 from data_prep import common, mmearth, standins
+from tests.test_data_prep_statistics import original_patch_stats
 
 ROWS = 12
 L2A_ROWS = {0, 3, 4, 8, 11}
@@ -97,22 +97,19 @@ def test_statistics_keep_l1c_and_l2a_apart(tmp_path):
     l1c = [r for r in train_rows if r not in L2A_ROWS]
     l2a = [r for r in train_rows if r in L2A_ROWS]
     for key, rows in (("s2_l1c", l1c), ("s2_l2a", l2a)):
-        values = data["s2"][rows][:, order].transpose(1, 0, 2, 3).reshape(13, -1).astype(float)
-        observed = values.any(axis=1)  # B10 of L2A is all zero: never observed
-        np.testing.assert_allclose(
-            stats[key]["mean"], np.where(observed, values.mean(1), 0.0), rtol=1e-9
-        )
-        np.testing.assert_allclose(
-            stats[key]["std"], np.where(observed, values.std(1), 1.0), rtol=1e-9
-        )
+        # The original's files are in the HDF5 band order; stats.json in the records' order.
+        expected = original_patch_stats(data["s2"][rows][:, None], skip_zero_planes=True)
+        published = json.loads((tmp_path / "out" / f"NORM_{key}_patch.json").read_text())
+        np.testing.assert_allclose(published["mean"], expected["mean"], rtol=1e-9)
+        np.testing.assert_allclose(published["std"], expected["std"], rtol=1e-9)
+        np.testing.assert_allclose(stats[key]["mean"], np.take(expected["mean"], order), rtol=1e-9)
+        np.testing.assert_allclose(stats[key]["std"], np.take(expected["std"], order), rtol=1e-9)
         assert stats[key]["count"] == len(rows)
-    assert not np.any(np.asarray(stats["s2_l2a"]["mean"])[10])
-    s1 = data["s1"][train_rows].transpose(1, 0, 2, 3).reshape(8, -1).astype(float)
-    for channel in range(8):
-        finite = s1[channel][np.isfinite(s1[channel])]  # -inf: band not acquired
-        mean, std = (finite.mean(), finite.std()) if finite.size else (0.0, 1.0)
-        assert stats["s1"]["mean"][channel] == pytest.approx(mean, rel=1e-9)
-        assert stats["s1"]["std"][channel] == pytest.approx(std, rel=1e-9)
+    # B10 of L2A is all zero: never observed
+    assert stats["s2_l2a"]["mean"][10] == 0.0 and stats["s2_l2a"]["std"][10] == 1.0
+    s1 = original_patch_stats(data["s1"][train_rows][:, None], skip_zero_planes=True)
+    np.testing.assert_allclose(stats["s1"]["mean"], s1["mean"], rtol=1e-9)
+    np.testing.assert_allclose(stats["s1"]["std"], s1["std"], rtol=1e-9)
 
 
 def test_default_split_is_stratified_by_biome_and_deterministic(tmp_path):

@@ -52,6 +52,7 @@ def pod_flags(config, data_dir, bucket, cache_dir) -> list[str]:
         "--config.preview_every_steps=0",
         "--config.checkpoint.every_steps=100",
         "--config.host_sync.every_steps=1",
+        "--config.eval.every_steps=-1",  # the stand-ins hold a train split only
         f"--config.compilation_cache_dir={cache_dir}",
     ]
     flags += [f"--config.model.{k}={v}" for k, v in SMALL_MODEL.items()]

@@ -46,7 +46,11 @@ def metrics(workdir) -> list[dict]:
 
 
 def losses(workdir) -> dict:
-    return {m["step"]: m["loss"] for m in metrics(workdir)}
+    return {m["step"]: m["loss"] for m in metrics(workdir) if "loss" in m}
+
+
+def validation_losses(workdir) -> list[tuple]:
+    return [(m["step"], m["val/loss"]) for m in metrics(workdir) if "val/loss" in m]
 
 
 @pytest.mark.slow
@@ -75,12 +79,19 @@ def _wait_for_step(workdir, process, step, timeout=300):
 def test_sigkill_and_sigterm_then_restart_reproduce_the_losses(tmp_path):
     """With two Grain worker processes: SIGKILL after step k, restart, SIGTERM to the process
     group (checkpoint, exit 75), restart to the end. The losses after k equal those of an
-    uninterrupted run without workers, bitwise (same programs, data and keys on CPU)."""
-    settings = ("--config.total_steps=30", "--config.preview_every_steps=0")
+    uninterrupted run without workers, bitwise (same programs, data and keys on CPU), and so do
+    the validations of every 7th step (each epoch boundary crossed mid-run)."""
+    settings = (
+        "--config.total_steps=30",
+        "--config.preview_every_steps=0",
+        "--config.eval.every_steps=7",
+    )
     reference = tmp_path / "reference"
     run_train(reference, "configs/demo.py:tiny", *settings, "--config.data.num_workers=0")
     expected = losses(reference)
     assert sorted(expected) == list(range(1, 31))
+    expected_validation = dict(validation_losses(reference))
+    assert sorted(expected_validation) == [7, 14, 21, 28]
     settings = (*settings, "--config.data.num_workers=2")
 
     run = tmp_path / "interrupted"
@@ -113,11 +124,15 @@ def test_sigkill_and_sigterm_then_restart_reproduce_the_losses(tmp_path):
     assert max(saved) == terminated_at  # the SIGTERM checkpoint
 
     run_train(run, "configs/demo.py:tiny", *settings)
-    resumed = [m for m in metrics(run) if m["step"] > killed_at]
+    resumed = [m for m in metrics(run) if m["step"] > killed_at and "loss" in m]
     steps = sorted({m["step"] for m in resumed})
     assert steps == list(range(killed_at + 1, 31)) and len(steps) >= 5
     for m in resumed:
         assert m["loss"] == expected[m["step"]], (m["step"], m["loss"], expected[m["step"]])
+    validated = validation_losses(run)
+    assert {step for step, _ in validated} == set(expected_validation)
+    for step, value in validated:  # repeated steps after the restarts validate the same
+        assert value == expected_validation[step], (step, value, expected_validation[step])
 
 
 def _three_step_losses(workdir, mesh, per_device_batch, devices):

@@ -13,7 +13,12 @@ reads, a table, and as its last line one JSON object (``batches``, ``seconds``,
 ``distinct_shapes``, ``num_workers``, ``peak_rss_mb``, ``per_dataset``, and per dataset
 ``dataset_step_share``, the share of the measured steps it drew, beside
 ``expected_step_share``, the share the mixing rule gives it in the long run: its full batches
-per epoch over the epoch's steps with ``data.mixing="epoch"``, its weight with ``"weights"``).
+per epoch over the epoch's steps with ``data.mixing="epoch"``, its weight with ``"weights"``;
+``time_steps``: ``dataset/modality`` -> min, median, max valid dates per sample of every time
+series; ``time_padding_fraction``: padded date slots over all date slots of the series, and
+``time_bucket_padding_fraction`` the part of them past the batch's longest series, the cost of
+time buckets over the original's padding to the batch's longest; per dataset the same and its
+``time_buckets``).
 
 Data: a ``records`` dataset whose ``source.path`` exists is read as it is. Where the path is
 absent the bench says so and runs on a synthetic stand-in written in the dataset's published
@@ -77,6 +82,12 @@ class DatasetTally:
     series_slots: int = 0
     padded_series_slots: int = 0
     signatures: set = dataclasses.field(default_factory=set)
+    series: tuple = ()  # time-series modalities
+    time_buckets: tuple = ()
+    date_slots: int = 0
+    padded_date_slots: int = 0
+    beyond_longest_slots: int = 0  # padding past the batch's longest series
+    dates: dict = dataclasses.field(default_factory=dict)  # modality -> valid dates per sample
 
     def add(self, batch: dict) -> None:
         rows = batch_rows(batch)
@@ -88,6 +99,19 @@ class DatasetTally:
         self.series_slots += rows * layout["ts_valid"].size
         self.padded_series_slots += rows * int(np.count_nonzero(~layout["ts_valid"]))
         self.signatures.add(pipeline.signature(batch))
+        for name in self.series:
+            valid = np.asarray(batch["time_valid"][name])
+            counts = valid.sum(axis=1)
+            self.dates.setdefault(name, []).extend(int(c) for c in counts)
+            self.date_slots += valid.size
+            self.padded_date_slots += int(np.count_nonzero(~valid))
+            self.beyond_longest_slots += valid.shape[0] * (valid.shape[1] - int(counts.max()))
+
+    def time_steps(self) -> dict:
+        return {
+            name: {"min": min(c), "median": float(np.median(c)), "max": max(c)}
+            for name, c in self.dates.items()
+        }
 
     def summary(self) -> dict:
         return {
@@ -99,6 +123,9 @@ class DatasetTally:
             "buckets": self.buckets,
             "padding_fraction": fraction(self.padded_token_slots, self.token_slots),
             "series_padding_fraction": fraction(self.padded_series_slots, self.series_slots),
+            "time_buckets": list(self.time_buckets),
+            "time_padding_fraction": fraction(self.padded_date_slots, self.date_slots),
+            "time_bucket_padding_fraction": fraction(self.beyond_longest_slots, self.date_slots),
         }
 
 
@@ -120,7 +147,10 @@ def measure(config, tallies: dict, batches: int, num_workers: int, progress) -> 
     """Draws ``batches`` batches through the real iterator; returns the seconds it took."""
     datasets = pipeline.build_datasets(config.data, batch_shards=1)
     for dataset in datasets:
-        tallies[dataset.name].buckets = len(dataset.buckets)
+        tally = tallies[dataset.name]
+        tally.buckets = len(dataset.buckets)
+        tally.series = tuple(s.name for s in dataset.specs if s.time_series)
+        tally.time_buckets = dataset.time_buckets if tally.series else ()
     step_batches = pipeline.StepBatches(
         datasets,
         seed=config.seed,
@@ -163,6 +193,19 @@ def report(tallies: dict, batches: int, seconds: float, num_workers: int) -> dic
         "per_dataset": per_dataset,
         "dataset_step_share": {name: t.steps / batches for name, t in tallies.items()},
         "expected_step_share": {name: t.expected_step_share for name, t in tallies.items()},
+        "time_padding_fraction": fraction(
+            sum(t.padded_date_slots for t in tallies.values()),
+            sum(t.date_slots for t in tallies.values()),
+        ),
+        "time_bucket_padding_fraction": fraction(
+            sum(t.beyond_longest_slots for t in tallies.values()),
+            sum(t.date_slots for t in tallies.values()),
+        ),
+        "time_steps": {
+            f"{name}/{modality}": numbers
+            for name, t in tallies.items()
+            for modality, numbers in t.time_steps().items()
+        },
     }
 
 

@@ -9,13 +9,16 @@ batch (``make_iterator(start_step=...)``); ``mp_prefetch`` runs the map in worke
 Why mixing happens per batch, not per sample: the original shares one dataset, one effective
 GSD and one modality subset across the whole batch (``ramen_jax.data.plan``). Shapes come from a
 closed set: every modality of the drawn dataset is always present at its native size (kept or
-not), time series are cut/padded to the modality's ``max_time_steps`` with a validity mask, and
-the token sequence is padded to the dataset's bucket (``ramen_jax.data.buckets``).
+not), the token sequence is padded to the dataset's bucket, and every time series of a step is
+padded (validity mask) to the dataset's time bucket that holds the longest series of the
+step's global batch (``ramen_jax.data.buckets``). Every process derives that bucket from the
+sources' per-sample date counts (``source.time_steps``) without loading the other processes'
+samples, so the batch shape stays a pure function of ``(seed, step)`` and the data.
 
 Per sample: NaN/inf -> 0, then per-channel normalisation ``(x - mean) / std`` (an all-zero
 channel plane, i.e. a missing band or modality, stays zero as in the original); a time series
-longer than its slots is
-randomly sub-sampled (dates kept in order). Before that, a modality configured with a
+longer than its modality's ``max_time_steps`` cap (0: none, the paper's) is randomly
+sub-sampled (dates kept in order). Before that, a modality configured with a
 ``temporal_dropout`` keeps a random subset of its dates at every load
 (``ramen_jax.data.temporal_dropout``).
 """
@@ -30,6 +33,7 @@ from collections.abc import Sequence
 import grain
 import jax
 import numpy as np
+from absl import logging
 
 from ramen_jax import geometry, sensors
 from ramen_jax.data import buckets as buckets_lib
@@ -37,7 +41,11 @@ from ramen_jax.data import mixing as mixing_lib
 from ramen_jax.data import plan as plan_lib
 from ramen_jax.data import temporal_dropout
 from ramen_jax.data.layout import build_layout, sequence_lengths
-from ramen_jax.data.sources import make_source
+from ramen_jax.data.sources import SourceConfigError, make_source
+
+# Dates per series assumed for the shapes of a dataset whose data is not on this machine (a
+# config checked ahead of time, ``ramen_jax.tools.aot_check``); the 16 slots of earlier configs.
+UNKNOWN_TIME_STEPS = 16
 
 
 class BatchError(ValueError):
@@ -55,6 +63,16 @@ class DatasetPipeline:
     buckets: tuple
     grid_pad: int
     temporal_dropout: dict = dataclasses.field(default_factory=dict)  # modality -> fraction
+    time_buckets: tuple = (1,)  # slot counts of the time axis of every series
+    series_steps: np.ndarray | None = None  # per sample: its longest series after dropout / cap
+    time_caps: dict = dataclasses.field(default_factory=dict)  # modality -> cap (0: none)
+
+    def time_slots(self, indices) -> int:
+        """Time bucket of a batch of sample ``indices`` (1 without a time series)."""
+        if self.series_steps is None:
+            return 1
+        longest = int(max(self.series_steps[i] for i in indices))
+        return buckets_lib.pick_time_bucket(self.time_buckets, longest)
 
     def bucket(self, kept_names: Sequence[str], gsd: float) -> buckets_lib.Bucket:
         side = geometry.grid_side(self.specs[0].side, self.specs[0].gsd, gsd)
@@ -68,28 +86,101 @@ def modality_specs(modalities_config) -> tuple:
     )
 
 
-def build_datasets(data_config, batch_shards: int, *, max_buckets: int | None = None) -> list:
-    """Datasets of ``config.data``; ``batch_shards`` = devices the batch is split over."""
-    out = []
+def build_datasets(
+    data_config, batch_shards: int, *, max_buckets: int | None = None, max_time_buckets=None
+) -> list:
+    """Datasets of ``config.data``; ``batch_shards`` = devices the batch is split over.
+
+    ``max_buckets`` (``data.max_buckets_per_dataset``) bounds a dataset's step shapes: token
+    buckets x time buckets; ``max_time_buckets`` (``data.max_time_buckets_per_dataset``) bounds
+    the time buckets of a dataset with a time series (``buckets.split_shape_budget``).
+    """
     max_buckets = max_buckets or data_config.get("max_buckets_per_dataset", 16)
-    for name, cfg in data_config.datasets.items():
-        specs = modality_specs(cfg.modalities)
-        gsds = tuple(float(g) for g in cfg.effective_gsds)
-        distribution = buckets_lib.step_distribution(specs, gsds)
-        out.append(
-            DatasetPipeline(
-                name=name,
-                specs=specs,
-                gsds=gsds,
-                weight=float(cfg.get("weight", 1.0)),
-                global_batch=int(cfg.per_device_batch) * batch_shards,
-                source=make_source(cfg.source, data_config.get("cache_dir")),
-                buckets=tuple(buckets_lib.choose_buckets(distribution, max_buckets)),
-                grid_pad=buckets_lib.max_grid_side(specs[0], gsds),
-                temporal_dropout=temporal_dropout.fractions_of(cfg.modalities),
-            )
+    max_time_buckets = max_time_buckets or data_config.get("max_time_buckets_per_dataset", 4)
+    return [
+        dataset_pipeline(
+            name,
+            cfg,
+            make_source(cfg.source, data_config.get("cache_dir")),
+            batch_shards,
+            max_buckets,
+            max_time_buckets,
         )
-    return out
+        for name, cfg in data_config.datasets.items()
+    ]
+
+
+def dataset_pipeline(
+    name: str, cfg, source, batch_shards: int, max_buckets: int, max_time_buckets: int
+) -> DatasetPipeline:
+    """One dataset's pipeline from its config entry and its (already built) source."""
+    specs = modality_specs(cfg.modalities)
+    gsds = tuple(float(g) for g in cfg.effective_gsds)
+    distribution = buckets_lib.step_distribution(specs, gsds)
+    global_batch = int(cfg.per_device_batch) * batch_shards
+    dropout = temporal_dropout.fractions_of(cfg.modalities)
+    caps = {s.name: s.max_time_steps for s in specs if s.time_series}
+    series_steps, time_buckets = None, (1,)
+    if caps:
+        try:
+            series_steps = sample_series_steps(source, caps, dropout)
+        except SourceConfigError as error:  # no data here: shapes only (the AOT check)
+            capped = all(caps.values())
+            assumed = max(caps.values()) if capped else UNKNOWN_TIME_STEPS
+            series_steps = np.full(1, assumed, np.int64)
+            logging.warning(
+                "%s: %s; its series are assumed to have %d dates (shapes only: reading a "
+                "batch needs the data)",
+                name,
+                error,
+                series_steps[0],
+            )
+        token_buckets, time_buckets = buckets_lib.split_shape_budget(
+            distribution, series_steps, global_batch, max_buckets, max_time_buckets
+        )
+        specs = tuple(
+            dataclasses.replace(s, max_time_steps=time_buckets[-1]) if s.time_series else s
+            for s in specs
+        )
+    else:
+        token_buckets = buckets_lib.choose_buckets(distribution, max_buckets)
+    return DatasetPipeline(
+        name=name,
+        specs=specs,
+        gsds=gsds,
+        weight=float(cfg.get("weight", 1.0)),
+        global_batch=global_batch,
+        source=source,
+        buckets=tuple(token_buckets),
+        grid_pad=buckets_lib.max_grid_side(specs[0], gsds),
+        temporal_dropout=dropout,
+        time_buckets=time_buckets,
+        series_steps=series_steps,
+        time_caps=caps,
+    )
+
+
+def sample_series_steps(source, caps: dict, dropout: dict) -> np.ndarray:
+    """Per sample, the dates of its longest series as a batch holds them: after the temporal
+    dropout's count and the cap. From ``source.time_steps`` where the source has it, else by
+    loading every sample once."""
+    names = list(caps)
+    if hasattr(source, "time_steps"):
+        counts = source.time_steps(names)
+    else:
+        rng = np.random.default_rng(0)
+        loaded = [source.load(i, rng) for i in range(len(source))]
+        counts = {n: np.array([np.shape(x[n])[0] for x in loaded]) for n in names}
+    longest = np.ones(len(source), np.int64)
+    for name in names:
+        steps = np.asarray(counts[name], np.int64)
+        if name in dropout:
+            kept = {int(n): temporal_dropout.kept_count(int(n), dropout[name]) for n in set(steps)}
+            steps = np.array([kept[int(n)] if n > 1 else int(n) for n in steps], np.int64)
+        if caps[name]:
+            steps = np.minimum(steps, caps[name])
+        longest = np.maximum(longest, steps)
+    return longest
 
 
 def normalise(x: np.ndarray, mean, std) -> np.ndarray:
@@ -111,8 +202,13 @@ def prepare_sample(
     rng: np.random.Generator,
     where: str = "sample",
     mask_time_padding: bool = True,
+    time_slots: int | None = None,
+    time_caps: dict | None = None,
 ):
-    """Checks, normalises and pads one sample. Returns ``{m: (pixels, dates, valid)}``."""
+    """Checks, normalises and pads one sample. Returns ``{m: (pixels, dates, valid)}``.
+
+    A series is cut to ``time_caps[m]`` dates (default: its ``max_time_steps``; 0: no cap) and
+    padded to ``time_slots`` (default: its ``max_time_steps``)."""
     out = {}
     for spec in specs:
         if spec.name not in sample:
@@ -128,10 +224,16 @@ def prepare_sample(
             raise BatchError(
                 f"{where}: {spec.name}_dates has shape {dates.shape}, expected [{x.shape[0]}]"
             )
-        slots = spec.max_time_steps
-        if x.shape[0] > slots:
-            keep = np.sort(rng.choice(x.shape[0], slots, replace=False))
+        cap = (time_caps or {}).get(spec.name, spec.max_time_steps) if spec.time_series else 1
+        slots = (time_slots or spec.max_time_steps) if spec.time_series else 1
+        if cap and x.shape[0] > cap:
+            keep = np.sort(rng.choice(x.shape[0], cap, replace=False))
             x, dates = x[keep], dates[keep]
+        if x.shape[0] > slots:
+            raise BatchError(
+                f"{where}: {spec.name!r} has {x.shape[0]} dates, its batch {slots} slots (the "
+                "source's time_steps disagree with its samples: time_steps.json out of date?)"
+            )
         mean, std = stats[spec.name]
         x = normalise(x, mean, std)
         steps = x.shape[0]
@@ -210,13 +312,21 @@ class StepBatches:
 
     def __call__(self, step: int) -> dict:
         draw = self.plan(int(step))
-        d = self.datasets[draw.dataset]
-        stream = self.stream(draw.dataset)
-        positions = self.shards.positions(draw.draw, d.global_batch)
+        return self.assemble(
+            step, draw.dataset, draw.effective_gsd, draw.kept, draw.draw, self.stream(draw.dataset)
+        )
+
+    def assemble(self, step, dataset_index, gsd, kept, draw, stream) -> dict:
+        """The ``draw``-th batch of a dataset: global rows ``[draw * B, (draw + 1) * B)`` of
+        ``stream`` (position -> sample index), this process's rows loaded."""
+        d = self.datasets[dataset_index]
+        positions = self.shards.positions(draw, d.global_batch)
+        batch_rows = range(draw * d.global_batch, (draw + 1) * d.global_batch)
+        time_slots = d.time_slots([stream[p] for p in batch_rows])  # the global batch's
         prepared = []
         for position in positions:
             index = stream[position]
-            rng = np.random.default_rng([self.seed, 0xDA7A, draw.dataset, position])
+            rng = np.random.default_rng([self.seed, 0xDA7A, dataset_index, position])
             sample = d.source.load(index, rng)
             if d.temporal_dropout:
                 dropout_rng = np.random.default_rng([self.seed, 0x7D0F, int(step), position])
@@ -229,16 +339,46 @@ class StepBatches:
                     rng,
                     where=f"{d.name}[{index}]",
                     mask_time_padding=self.mask_time_padding,
+                    time_slots=time_slots,
+                    time_caps=d.time_caps,
                 )
             )
         batch = {"pixels": {}, "dates": {}, "time_valid": {}}
         for spec in d.specs:
             for i, key in enumerate(("pixels", "dates", "time_valid")):
                 batch[key][spec.name] = np.stack([p[spec.name][i] for p in prepared])
-        batch["layout"] = self.layout(draw.dataset, draw.effective_gsd, draw.kept)
+        batch["layout"] = self.layout(dataset_index, gsd, kept)
         batch["dataset"] = d.name
         batch["step"] = np.asarray(step, np.int64)
         return batch
+
+
+class ValidationBatches(StepBatches):
+    """``index -> batch`` over held-out splits: every dataset's full global batches in order
+    (at most ``batches_per_dataset`` each, 0: all), samples in split order. The GSD, the
+    modality subset (drawn as in training) and any temporal dropout come from ``(seed, index)``
+    only, so every validation of a run sees the same batches."""
+
+    def __init__(self, datasets, *, batches_per_dataset: int = 0, **kwargs):
+        super().__init__(datasets, mixing="weights", **kwargs)
+        self.order = []
+        for index, d in enumerate(self.datasets):
+            count = len(d.source) // d.global_batch
+            if batches_per_dataset:
+                count = min(count, batches_per_dataset)
+            self.order += [(index, draw) for draw in range(count)]
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __call__(self, index: int) -> dict:
+        dataset_index, draw = self.order[index]
+        d = self.datasets[dataset_index]
+        rng = np.random.default_rng([self.seed, 0x7A11D, dataset_index, draw])
+        gsd = float(d.gsds[int(rng.integers(len(d.gsds)))])
+        size = int(rng.integers(1, len(d.specs) + 1))
+        kept = tuple(int(i) for i in rng.choice(len(d.specs), size, replace=False))
+        return self.assemble(index, dataset_index, gsd, kept, draw, range(len(d.source)))
 
 
 def make_dataset(step_batches: StepBatches, total_steps: int) -> grain.MapDataset:

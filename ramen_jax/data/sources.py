@@ -2,7 +2,10 @@
 
 A source has ``len(source)``, ``source.load(index, rng) -> dict`` (modality ``m`` ->
 ``[T, H, W, C]`` raw values, ``m + "_dates"`` -> ``[T]`` day of year; ``rng`` drives any
-per-sample augmentation) and ``source.stats(sample) -> {m: (mean [C], std [C])}``. Sources are
+per-sample augmentation) and ``source.stats(sample) -> {m: (mean [C], std [C])}``; optionally
+``source.time_steps(names) -> {m: int array [len(source)]}``, the dates of each sample's series
+without loading it (``ramen_jax.data.pipeline`` scans the samples where a source has none).
+Sources are
 picklable so Grain worker processes can hold them. Registered by ``type`` in ``SOURCES``:
 
 - ``demo``: the six real BigEarthNet patches bundled with ``bigearthnet-common``
@@ -10,6 +13,10 @@ picklable so Grain worker processes can hold them. Registered by ``type`` in ``S
   flipped at every draw: an endless stream from a handful of patches;
 - ``records``: a dataset converted by ``data_prep`` (ArrayRecord + ``stats.json``). Statistics
   keyed ``<m>_<product>`` are used when a sample carries ``<m>_product`` (MMEarth L1C / L2A).
+  ``norm_path`` (a folder, may be a URL) takes mean / std from its ``NORM_<key>_patch.json``
+  files instead, the original's format: its published statistics, or those a run trained with.
+  ``partition`` < 1 reads only that share of the split: a random subset fixed by
+  ``PARTITION_SEED`` (the original trained on a random 60 % of MMEarth, ``partition: 0.6``).
   A URL (``gs://...``) is copied to a local directory under ``cache_dir`` when the source is
   built, before Grain workers start (``ramen_jax.data.staging``).
 """
@@ -55,6 +62,9 @@ class DemoSource:
         self._load_patches()
         return self._stats
 
+    def time_steps(self, names) -> dict:
+        return {name: np.ones(len(self), np.int64) for name in names}  # single-date patches
+
     @staticmethod
     def modalities(crop_fraction: float = 0.6) -> dict:
         """The demo's modality descriptions at the cropped sides."""
@@ -67,12 +77,27 @@ class DemoSource:
         return out
 
 
+PARTITION_SEED = 0x60  # the same partition in every run and on every host
+
+
 class RecordSource:
     takes_cache_dir = True  # make_source passes config.data.cache_dir
 
-    def __init__(self, path: str, split: str = "train", cache_dir: str | None = None):
+    def __init__(
+        self,
+        path: str,
+        split: str = "train",
+        cache_dir: str | None = None,
+        norm_path: str | None = None,
+        partition: float = 1.0,
+    ):
+        if not 0.0 < float(partition) <= 1.0:
+            raise SourceConfigError(f"dataset {path}: partition {partition} is outside (0, 1]")
         self.path = os.fspath(path)  # as configured, for messages
         self.split = split
+        self.partition = float(partition)
+        self._kept = None  # record indices of the partition (None: all)
+        self.norm_path = None if norm_path is None else os.fspath(norm_path)
         self.local_path = self.path
         if storage.is_remote(self.path):
             try:
@@ -92,20 +117,56 @@ class RecordSource:
             from data_prep import common  # the converters' package; TFDS only, no TensorFlow
 
             # stats first: Grain reads from several threads
-            self._stats = common.load_stats(self.local_path)
-            self._records = common.load_split(self.local_path, self.split)
+            try:
+                self._stats = common.load_stats(self.local_path, self.norm_path)
+            except (OSError, ValueError) as e:
+                raise SourceConfigError(f"dataset {self.path}: {e}") from e
+            records = common.load_split(self.local_path, self.split)
+            if self.partition < 1.0:
+                count = max(1, round(self.partition * len(records)))
+                order = np.random.default_rng(PARTITION_SEED).permutation(len(records))
+                self._kept = np.sort(order[:count])
+            self._records = records
         return self._records
 
     def __getstate__(self):
         state = {"path": self.path, "split": self.split, "local_path": self.local_path}
+        state.update(norm_path=self.norm_path, partition=self.partition, _kept=None)
         return {**state, "_records": None, "_stats": None}
 
     def __len__(self) -> int:
-        return len(self._open())
+        records = self._open()
+        return len(records) if self._kept is None else len(self._kept)
+
+    def _record_index(self, index: int) -> int:
+        return int(index) if self._kept is None else int(self._kept[index])
 
     def load(self, index: int, rng: np.random.Generator) -> dict:
         del rng
-        return dict(self._open()[index])
+        return dict(self._open()[self._record_index(index)])
+
+    def time_steps(self, names) -> dict:
+        """From the converter's ``time_steps.json``; a dataset converted before it existed is
+        scanned once (every record read)."""
+        from data_prep import common
+
+        records = self._open()
+        stored = common.load_time_steps(self.local_path, self.split) or {}
+        kept = np.arange(len(records)) if self._kept is None else self._kept
+        out = {}
+        for name in names:
+            if name in stored:
+                counts = np.asarray(stored[name], np.int64)
+                if len(counts) != len(records):
+                    raise SourceConfigError(
+                        f"{self.path}: time_steps.json lists {len(counts)} {self.split} "
+                        f"records for {name!r}, the split has {len(records)}"
+                    )
+                out[name] = counts[kept]
+            else:
+                dates = name + "_dates"
+                out[name] = np.array([len(records[int(i)][dates]) for i in kept])
+        return out
 
     def stats(self, sample: dict) -> dict:
         self._open()

@@ -74,6 +74,7 @@ def overrides(config, workdir: pathlib.Path, steps: int, every: int, small: bool
         "--config.preview_every_steps=0",
         f"--config.log_every_steps={min(50, every)}",
         "--config.data.num_workers=0",
+        "--config.eval.every_steps=-1",  # training steps only: validation has its own programs
     ]
     for name, dataset in config.data.datasets.items():
         source = dataset.source

@@ -12,7 +12,11 @@ Each checkpoint (``WORKDIR/checkpoints/<step>``) holds two items:
   run's identity (``run_identity``) and a digest of every saved array (``array_digests``).
 
 Saves are asynchronous (``async_save``), every ``every_steps`` and on demand (SIGTERM, end);
-the last ``keep`` are kept. What can go wrong, and what the user sees instead of a traceback:
+the last ``keep`` are kept, and resuming reads only these. With ``keep_best = k`` > 0, each
+validated state is also saved (synchronously, the same two items) to ``WORKDIR/best/<step>``,
+where Orbax keeps the ``k`` with the lowest validation loss (``BestCheckpoints``); the two sets
+are independent, so the newest checkpoint is always there to resume from. What can go wrong,
+and what the user sees instead of a traceback:
 
 - a state with a NaN/inf value is never saved (``NonFiniteState``, naming the step and arrays);
 - a failed write (a full disk) stops the run at the first step that sees it: the step after
@@ -45,7 +49,9 @@ from ramen_jax.training.optimizer import TorchAdamWState
 from ramen_jax.training.process_agreement import all_processes
 from ramen_jax.training.step import TrainState
 
-SETTINGS = ("every_steps", "keep", "async_save")
+SETTINGS = ("every_steps", "keep", "async_save", "keep_best")
+BEST_DIR = "best"
+BEST_METRIC = "val_loss"
 
 
 class CheckpointSettingsError(RunError):
@@ -81,6 +87,11 @@ def validate_settings(checkpoint_config) -> dict:
 
     whole("every_steps")
     whole("keep")
+    best = values.get("keep_best", 0)
+    if isinstance(best, bool) or not isinstance(best, int) or best < 0:
+        raise CheckpointSettingsError(
+            f"checkpoint.keep_best must be a whole number >= 0 (0: off), got {best!r}"
+        )
     if not isinstance(values.get("async_save", True), bool):
         raise CheckpointSettingsError(
             f"checkpoint.async_save must be true or false, got {values['async_save']!r}"
@@ -361,6 +372,61 @@ class Checkpointer:
         if damaged:
             all_processes(True)  # a barrier: every process lists the steps after the move
             self.manager.reload()
+
+
+class BestCheckpoints:
+    """``WORKDIR/best``: the ``keep`` validated states with the lowest validation loss."""
+
+    def __init__(self, workdir: str, keep: int):
+        quiet_orbax_noise()
+        self.directory = os.path.join(
+            os.path.abspath(workdir) if "://" not in workdir else workdir, BEST_DIR
+        )
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            best_fn=lambda metrics: metrics[BEST_METRIC],
+            best_mode="min",
+            keep_checkpoints_without_metrics=False,
+            enable_async_checkpointing=False,
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "meta")
+        )
+        self.state_check = array_digests.StateCheck()
+
+    def save(self, step: int, state: TrainState, meta: dict, val_loss: float) -> None:
+        tree = state_to_tree(state)
+        non_finite, digests = self.state_check.check(tree)
+        if non_finite:
+            raise NonFiniteState(
+                f"the state after step {step} has non-finite values in "
+                f"{array_digests.describe(non_finite)}; it was not saved to {self.directory}"
+            )
+        error = None
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(tree),
+                    meta=ocp.args.JsonSave({**meta, "digests": digests, BEST_METRIC: val_loss}),
+                ),
+                metrics={BEST_METRIC: float(val_loss)},
+                force=True,
+            )
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            error = e
+        if not all_processes(error is None):
+            reason = one_line(error) if error is not None else "it failed on another process"
+            raise SaveFailed(f"saving the best checkpoint of step {step} failed: {reason}")
+
+    def steps(self) -> list[int]:
+        self.manager.reload()
+        return sorted(self.manager.all_steps())
+
+    def close(self) -> None:
+        self.manager.close()
 
 
 def run_meta(next_step: int, seed: int, model_config, config, identity: dict | None = None) -> dict:

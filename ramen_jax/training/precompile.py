@@ -2,11 +2,13 @@
 
 Without it a step shape is compiled the first time a batch of that shape arrives, which on a
 pod stalls every host mid-run (minutes for a large model) at unpredictable steps. A run's step
-shapes form a closed set, dataset x token bucket (``ramen_jax.data.buckets``): the batch
-arrays of a dataset always have their native sizes, and the layout's shapes depend only on the
-bucket. ``step_shapes`` enumerates each dataset's GSDs and modality subsets, keeps one draw per
-bucket, and builds that draw's host batch from ``ShapeDtypeStruct``s (the layout is the real
-one: it is small and its values are what ``pipeline.signature`` hashes). ``compile_all`` lowers
+shapes form a closed set, dataset x token bucket x time bucket (``ramen_jax.data.buckets``):
+the batch arrays of a dataset always have their native sizes but for the time axis of its
+series (its time bucket), and the layout's shapes depend only on the token bucket.
+``step_shapes`` enumerates each dataset's GSDs and modality subsets, keeps one draw per token
+bucket, repeats it for every time bucket, and builds that draw's host batch from
+``ShapeDtypeStruct``s (the layout is the real one: it is small and its values are what
+``pipeline.signature`` hashes). ``compile_all`` lowers
 the step (and the preview, when previews are on) for each from abstract arguments carrying the
 batch and state shardings, and the checkpoint's finite/digest check, so that no program is built
 after step 1.
@@ -53,11 +55,11 @@ def _abstract(array, where) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(np.shape(array), np.asarray(array).dtype, sharding=where)
 
 
-def _host_arrays(dataset: pipeline.DatasetPipeline, rows: int) -> dict:
+def _host_arrays(dataset: pipeline.DatasetPipeline, rows: int, time_slots: int) -> dict:
     """The batch arrays as ``StepBatches`` makes them (``prepare_sample``'s dtypes)."""
     out = {"pixels": {}, "dates": {}, "time_valid": {}}
     for spec in dataset.specs:
-        slots = spec.max_time_steps
+        slots = time_slots if spec.time_series else 1
         out["pixels"][spec.name] = jax.ShapeDtypeStruct(
             (rows, slots, spec.side, spec.side, spec.num_channels), np.float32
         )
@@ -75,13 +77,14 @@ def step_shapes(batches: pipeline.StepBatches) -> list[dict]:
             for size in range(1, len(dataset.specs) + 1):
                 for kept in itertools.combinations(range(len(dataset.specs)), size):
                     names = [dataset.specs[i].name for i in kept]
-                    key = (dataset.name, dataset.bucket(names, gsd))
-                    if key not in found:
-                        found[key] = {
-                            **_host_arrays(dataset, rows),
-                            "layout": batches.layout(index, gsd, kept),
-                            "dataset": dataset.name,
-                        }
+                    for time_slots in dataset.time_buckets:
+                        key = (dataset.name, dataset.bucket(names, gsd), time_slots)
+                        if key not in found:
+                            found[key] = {
+                                **_host_arrays(dataset, rows, time_slots),
+                                "layout": batches.layout(index, gsd, kept),
+                                "dataset": dataset.name,
+                            }
     return list(found.values())
 
 

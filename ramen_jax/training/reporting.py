@@ -124,6 +124,19 @@ class Reporter:
                 logging.warning("metrics not copied to %s yet (%s); retrying", self.workdir, e)
             self.last_sync = time.monotonic()
 
+    def log_values(self, step: int, values: dict) -> None:
+        """Scalars outside the training window (validation): TensorBoard, metrics.jsonl and
+        one line on stdout."""
+        values = {k: float(v) for k, v in values.items()}
+        if not self.enabled:
+            return
+        shown = " | ".join(f"{k} {v:.4f}" for k, v in values.items() if k.count("/") <= 2)
+        print(f"step {step}/{self.total_steps} | {shown}", file=sys.stdout, flush=True)
+        for key, value in values.items():
+            self.writer.add_scalar(key, value, step)
+        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self.jsonl.flush()
+
     def message(self, text: str) -> None:
         if self.enabled:
             print(text, flush=True)

@@ -22,7 +22,8 @@ disk or bucket), ``compilation_cache_dir``, ``precompile``, ``program_map_limit`
 A field added to the identity after checkpoints were written without it is compared as
 ``LEGACY_VALUES`` (by full name) or ``LEGACY_LEAF_VALUES`` (by last name) say: the value every
 earlier run had (``data.mixing`` was always ``"weights"`` before it could be chosen, a
-modality's ``temporal_dropout`` always 0).
+modality's ``temporal_dropout`` always 0, a source's ``norm_path`` always unset and its
+``partition`` 1).
 
 ``write_record`` keeps the latest launch's config, readable, in ``WORKDIR/run_config.json``.
 """
@@ -40,7 +41,7 @@ DATASET_FIELDS = ("modalities", "effective_gsds", "weight", "source")
 RECORD_FILE = "run_config.json"
 _ABSENT = "<absent>"
 LEGACY_VALUES = {"data.mixing": "weights"}  # what an identity without the field ran
-LEGACY_LEAF_VALUES = {"temporal_dropout": 0.0}
+LEGACY_LEAF_VALUES = {"temporal_dropout": 0.0, "norm_path": None, "partition": 1.0}
 
 
 class RunMismatch(RunError):

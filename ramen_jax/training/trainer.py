@@ -4,7 +4,8 @@ One code path for a laptop CPU, one GPU, simulated CPU devices and every host of
 mesh and sharding rules from the config, parameters created sharded, one jitted step per batch
 signature (dataset x token bucket) with donated state, metrics fetched to the host only every
 ``log_every_steps``, Orbax checkpoints (async, keep-last-k, on SIGTERM, automatic resume),
-TensorBoard scalars and PNG reconstruction previews. A NaN/inf loss stops the run, naming the
+validation on held-out splits with keep-best-k checkpoints (``validation``), TensorBoard
+scalars and PNG reconstruction previews. A NaN/inf loss stops the run, naming the
 step and modality, before anything after the last good checkpoint is saved.
 """
 
@@ -39,6 +40,7 @@ from ramen_jax.training import (
     run_identity,
     run_length,
     sharding,
+    validation,
     workdir_lock,
 )
 from ramen_jax.training import step as step_lib
@@ -253,7 +255,12 @@ class Trainer:
     def run(self) -> step_lib.TrainState:
         config, workdir = self.config, self.workdir
         reporter = reporting.Reporter(workdir, config.total_steps, 0, config.workdir_sync_seconds)
-        ckpt = checkpointing.Checkpointer(workdir, **config.checkpoint)
+        validator = validation.Validator(self) if validation.enabled(config) else None
+        settings = dict(config.checkpoint)
+        keep_best = settings.pop("keep_best", 0) if validator is not None else 0
+        settings.pop("keep_best", None)
+        ckpt = checkpointing.Checkpointer(workdir, **settings)
+        best = checkpointing.BestCheckpoints(workdir, keep_best) if keep_best else None
         config_json = run_identity.config_json(config)
         identity = run_identity.identity(
             config_json, {d.name: d.global_batch for d in self.datasets}
@@ -386,12 +393,22 @@ class Trainer:
                     self.write_preview(state, host_batch, batch, done, signature)
                 if ckpt.should_save(done) or done == config.total_steps:
                     save(done)
+                if validator is not None and validation.due(config, done):
+                    values = validator.run(state)
+                    reporter.log_values(done, values)
+                    if best is not None:
+                        meta = checkpointing.run_meta(
+                            done, config.seed, self.model_config, config, identity
+                        )
+                        best.save(done, state, meta, values["val/loss"])
             flush(config.total_steps)
         finally:
             signals.__exit__()
             if hasattr(iterator, "close"):  # stops Grain's worker processes now
                 iterator.close()
             ckpt.close()
+            if best is not None:
+                best.close()
             reporter.close()
         return state
 
