@@ -253,7 +253,6 @@ def test_a_full_disk_fails_the_asynchronous_save_at_the_next_poll(tmp_path, tmpf
     assert sorted(p.name for p in small_disk.iterdir() if p.name.isdigit()) == ["1"]
 
 
-
 def test_a_shortened_save_error_keeps_the_operating_systems_reason():
     """TensorStore's one-line errors run to hundreds of characters of paths and keys; the
     elided line still names what the OS said, wherever it was."""

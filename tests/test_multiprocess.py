@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 from conftest import xla_flags
-from test_train import REPO, losses, run_train
+from test_train import REPO, losses, run_train, validation_losses
 
 SETTINGS = (
     "--config.total_steps=5",
@@ -18,6 +18,8 @@ SETTINGS = (
     "--config.preview_every_steps=0",
     "--config.data.max_buckets_per_dataset=1",
 )
+# the demo patches have no held-out split: validation reads two batches of the training data
+VALIDATION = ("--config.eval.every_steps=3", "--config.eval.batches=2")
 
 
 def free_port() -> int:
@@ -27,31 +29,14 @@ def free_port() -> int:
 
 
 def test_two_processes_match_one_and_resume_with_another_process_count(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    port = free_port()
     multi = tmp_path / "two_processes"
-    processes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ramen_jax.train",
-                "--config=configs/demo.py:tiny",
-                f"--workdir={multi}",
-                *SETTINGS,
-                "--config.data.datasets.bigearthnet.per_device_batch=1",
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
+    processes = launch(
+        multi,
+        *SETTINGS,
+        *VALIDATION,
+        "--config.data.datasets.bigearthnet.per_device_batch=1",
+        "--verbose",  # the INFO line saying which rows each process reads
+    )
     outputs = [p.communicate(timeout=600) for p in processes]
     for p, (_, err) in zip(processes, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
@@ -63,6 +48,7 @@ def test_two_processes_match_one_and_resume_with_another_process_count(tmp_path)
         single,
         "configs/demo.py:tiny",
         *SETTINGS,
+        *VALIDATION,
         "--config.data.datasets.bigearthnet.per_device_batch=2",
         env={"JAX_PLATFORMS": "cpu"},
     )
@@ -71,6 +57,10 @@ def test_two_processes_match_one_and_resume_with_another_process_count(tmp_path)
     np.testing.assert_allclose(
         [two[s] for s in range(1, 6)], [one[s] for s in range(1, 6)], rtol=1e-5
     )
+    # validation after step 3, its batches split over the processes like training's
+    (val_two,), (val_one,) = validation_losses(multi), validation_losses(single)
+    assert val_two[0] == val_one[0] == 3
+    np.testing.assert_allclose(val_two[1], val_one[1], rtol=1e-5)
 
     resumed = tmp_path / "resumed_single"
     shutil.copytree(multi, resumed)
@@ -131,7 +121,11 @@ def test_tensor_axis_across_processes_builds_the_global_batch_every_process_need
     settings = (*SETTINGS, "--config.total_steps=3", "--config.checkpoint.every_steps=3")
     settings += ("--config.data.datasets.bigearthnet.per_device_batch=2",)
     processes = launch(
-        tmp_path / "tensor", *settings, "--config.mesh.data=1", "--config.mesh.tensor=2"
+        tmp_path / "tensor",
+        *settings,
+        "--config.mesh.data=1",
+        "--config.mesh.tensor=2",
+        "--verbose",
     )
     for code, _, err in finish(processes):
         assert code == 0, err[-3000:]

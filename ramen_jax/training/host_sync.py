@@ -142,3 +142,16 @@ class HostSync:
             )
             raise LockstepError(f"hosts out of lockstep before step {step}: {described}")
         return any(e["stop"] for e in entries.values())
+
+    def wait_for_all(self, name: str) -> None:
+        """Waits until every process reaches ``name`` (unique per use): e.g. after compiling a
+        program and before its first collective, which CPU collectives abandon after 30 s."""
+        if self.processes == 1:
+            return
+        try:
+            _client().wait_at_barrier(f"{PREFIX}/wait/{name}", self.timeout_ms)
+        except Exception as error:  # noqa: BLE001 (the service's text names no process)
+            raise LockstepError(
+                f"hosts out of lockstep at {name}: not every process arrived within "
+                f"{self.timeout_ms / 1000:.0f} s (check their logs) [{type(error).__name__}]"
+            ) from None

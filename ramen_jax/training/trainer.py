@@ -394,7 +394,7 @@ class Trainer:
                 if ckpt.should_save(done) or done == config.total_steps:
                     save(done)
                 if validator is not None and validation.due(config, done):
-                    values = validator.run(state)
+                    values = validator.run(state, sync, done)
                     reporter.log_values(done, values)
                     if best is not None:
                         meta = checkpointing.run_meta(

@@ -86,6 +86,7 @@ class Validator:
             )
         self.specs = {d.name: tuple(d.specs) for d in datasets}
         self._fns = {}
+        self._compiled: set = set()
 
     def eval_fn(self, dataset: str):
         if dataset not in self._fns:
@@ -103,7 +104,9 @@ class Validator:
             self._fns[dataset] = jax.jit(run, out_shardings=sharding.replicated(self.trainer.mesh))
         return self._fns[dataset]
 
-    def run(self, state) -> dict:
+    def run(self, state, sync, step: int) -> dict:
+        """The validation after ``step`` steps; ``sync`` (``host_sync.HostSync``) holds every
+        process back until all have compiled a new program, as the training loop does."""
         trainer = self.trainer
         per_dataset: dict[str, list] = {}
         for index in range(len(self.batches)):
@@ -111,7 +114,12 @@ class Validator:
             name = host["dataset"]
             batch = sharding.device_batch(host, trainer.mesh, trainer.rules)
             signature = ("eval", pipeline.signature(host))
-            metrics = trainer.programs(signature, self.eval_fn(name), state, batch, np.int32(index))
+            args = (state, batch, np.int32(index))
+            if signature not in self._compiled:
+                self._compiled.add(signature)
+                trainer.programs.prepare(signature, self.eval_fn(name), *args)
+                sync.wait_for_all(f"validation/{step}/{len(self._compiled)}")
+            metrics = trainer.programs(signature, self.eval_fn(name), *args)
             per_dataset.setdefault(name, []).append(jax.device_get(metrics))
         out = {}
         for name, metrics in per_dataset.items():
