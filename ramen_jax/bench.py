@@ -30,6 +30,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from ramen_jax.data import pipeline
+from ramen_jax.model import attention as attention_lib
 from ramen_jax.model import state as state_lib
 from ramen_jax.model.reference import original_order_recon
 from ramen_jax.perf import flops as flops_lib
@@ -44,7 +45,10 @@ _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtyp
 _REMAT = flags.DEFINE_bool("remat", None, "Rematerialise blocks (override).")
 _SCAN = flags.DEFINE_bool("scan_layers", None, "Scan over transformer blocks (override).")
 _ATTENTION = flags.DEFINE_string(
-    "attention", None, "model.attention_impl: xla, cudnn, einsum or chunked (default: per backend)."
+    "attention",
+    None,
+    "model.attention_impl: xla, cudnn, einsum, chunked, splash or splash_interpret "
+    "(default: the mesh devices' platform's, ramen_jax.model.attention).",
 )
 _DECODER = flags.DEFINE_bool("decoder_compare", False, "Time the original decoder head too.")
 flags.mark_flags_as_required(["config"])
@@ -193,7 +197,9 @@ def compare_decoder_heads(trainer, d, host, batch, state, gsd) -> dict:
         model = state_lib.merge_model(graphdef, params, stats)
         return model(batch, specs, noise, train=False)
 
-    out = jax.jit(latent_of)(state.params, state.batch_stats)
+    out = jax.jit(attention_lib.under_mesh(trainer.mesh, latent_of))(
+        state.params, state.batch_stats
+    )
 
     def decode(params, stats, latent, ids_restore, original: bool):
         model = state_lib.merge_model(graphdef, params, stats)
@@ -207,7 +213,11 @@ def compare_decoder_heads(trainer, d, host, batch, state, gsd) -> dict:
 
     timings = {}
     for name, original in (("decoder_s", False), ("decoder_original_order_s", True)):
-        fn = jax.jit(lambda p, s, lat, ids, o=original: decode(p, s, lat, ids, o))
+        fn = jax.jit(
+            attention_lib.under_mesh(
+                trainer.mesh, lambda p, s, lat, ids, o=original: decode(p, s, lat, ids, o)
+            )
+        )
         args = (state.params, state.batch_stats, out["latent"], out["ids_restore"])
         jax.block_until_ready(fn(*args))  # compile
         timings[name] = median_seconds(

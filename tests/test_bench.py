@@ -58,7 +58,9 @@ def _parameter_count(variant) -> int:
     assert config.data.to_dict() == paper.data.to_dict()
     assert config.optim.to_dict() == paper.optim.to_dict()
     datasets = pipeline.build_datasets(config.data, 1)
-    shapes = state_lib.flat_shapes(state_lib.abstract_model(model_config_from(config, datasets)))
+    shapes = state_lib.flat_shapes(
+        state_lib.abstract_model(model_config_from(config, datasets, "cpu"))
+    )
     return sum(math.prod(s) for s in shapes.values())
 
 

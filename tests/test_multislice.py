@@ -80,8 +80,9 @@ rules = [("batch", ("data", "fsdp"))]
 rows = jax.device_put(np.arange(16.0), sharding.batch_sharding(mesh, rules))
 total = jax.jit(lambda x: x.sum(), out_shardings=sharding.replicated(mesh))(rows)
 shards = sharding.process_batch_shards(mesh, rules)
-print(json.dumps({"shape": dict(mesh.shape), "ids": np.vectorize(lambda d: d.id)(mesh.devices)
-                  .tolist(), "sum": float(total), "shards": [shards.first, shards.stop, shards.count]}))
+grid = np.vectorize(lambda d: d.id)(mesh.devices).tolist()
+print(json.dumps({"shape": dict(mesh.shape), "ids": grid, "sum": float(total),
+                  "shards": [shards.first, shards.stop, shards.count]}))
 """
 
 
@@ -122,7 +123,8 @@ TPU_PYTHON = os.environ.get("RAMEN_TPU_PYTHON", "")
     '(`pip install -e ".[tpu]"`, docs/scaling.md) to compile for TPU here',
 )
 def test_tiny_config_compiles_for_two_tpu_slices_ahead_of_time():
-    from ramen_jax.tools.aot_check import CHIPS, default_attention
+    from ramen_jax.model.attention import default_attention
+    from ramen_jax.tools.aot_check import CHIPS
 
     args = ["--config=configs/base.py:debug", "--topology=v5e:2x2", "--num_slices=2"]
     tiny = ["--config.model.depth=1", "--config.data.datasets.bigearthnet.per_device_batch=2"]

@@ -1,6 +1,6 @@
 """Projecting on the token grid (it commutes with resizing) computes the original's function,
 and padding never leaks into valid tokens, with every attention implementation this machine's
-backends offer."""
+backends offer (the TPU splash kernel in Pallas interpret mode)."""
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +10,7 @@ import pytest
 
 from ramen_jax.convert import mapping
 from ramen_jax.data.layout import build_layout
-from ramen_jax.model import layers
+from ramen_jax.model import attention as attention_lib
 from ramen_jax.model import state as state_lib
 from ramen_jax.model.reference import original_order_recon
 from ramen_jax.training import step as step_lib
@@ -57,7 +57,9 @@ def test_decoder_head_in_original_order_matches_the_refactor(file):
 
 def _attention_implementations():
     platforms = {d.platform for d in jax.devices()}
-    return [None, "xla", "einsum", "chunked"] + (["cudnn"] if "gpu" in platforms else [])
+    return [None, "xla", "einsum", "chunked", "splash_interpret"] + (
+        ["cudnn"] if "gpu" in platforms else []
+    )
 
 
 @pytest.mark.parametrize(
@@ -66,7 +68,7 @@ def _attention_implementations():
 def test_padded_tokens_never_change_valid_tokens(implementation, monkeypatch):
     """The same step without padding and padded to a 3x longer bucket: valid tokens agree
     (chunked attention on blocks of 16 queries)."""
-    monkeypatch.setattr(layers, "ATTENTION_CHUNK", 16)
+    monkeypatch.setattr(attention_lib, "ATTENTION_CHUNK", 16)
     case = next(c for c in pc.cases("encoder") if c["file"] == "enc_fx_b_g5_aerial-s2-s1_des.npz")
     model = pc.build(jnp.float32)
     for block in list(model.encoder.blocks):
@@ -114,13 +116,13 @@ def test_remat_scan_and_chunked_attention_compute_the_original_loss_and_gradient
     """float64: the memory/compile-time options change how the step is computed, not what.
     Chunked attention runs on blocks of 7 queries here (the fixture has a few dozen tokens),
     the last one padded."""
-    monkeypatch.setattr(layers, "ATTENTION_CHUNK", 7)
+    monkeypatch.setattr(attention_lib, "ATTENTION_CHUNK", 7)
     case = next(c for c in pc.cases("mae") if c["kind"] == "mae_train")
     arrays = pc.load(case["file"])
     with jax.enable_x64(True):
         model = pc.build(jnp.float64, **options)
         specs, batch = pc.batch(case, np.float64)
-        assert batch["layout"]["token_valid"].shape[0] > 2 * layers.ATTENTION_CHUNK
+        assert batch["layout"]["token_valid"].shape[0] > 2 * attention_lib.ATTENTION_CHUNK
         overrides = pc.f64_overrides(case, specs, batch["layout"])
         graphdef, params, stats = state_lib.split_model(model)
         noise = jnp.asarray(arrays["mask_noise"], jnp.float64)

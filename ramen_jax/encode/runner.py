@@ -15,7 +15,9 @@ the maps are the full encoder's tokens). As in PANGAEA, intermediate blocks come
 Devices: the batch is split over a 1-D ``data`` mesh of all local devices (parameters
 replicated); a batch is padded up to a multiple of the device count and the padding dropped.
 One XLA compilation per distinct (modalities, blocks, shapes); ``compiles`` counts them.
-Inference uses XLA's default attention, whatever ``attention_impl`` the training run used.
+Attention: the default of the devices' platform (``attention.default_attention``: chunked
+einsum on CPU, cuDNN on GPU where it applies, the splash kernel on TPU), whatever
+``attention_impl`` the training run used; ``attention_impl=`` chooses another.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from ramen_jax import sensors
 from ramen_jax.convert.checkpoints import ENCODER, EncoderWeights
 from ramen_jax.data.layout import build_layout
 from ramen_jax.encode.inputs import EncodeError
+from ramen_jax.model import attention as attention_lib
 from ramen_jax.model import state as state_lib
 
 DATA_AXIS = "data"
@@ -67,15 +70,18 @@ def _forward(graphdef, specs, blocks, side, params, batch_stats, batch):
 class FrozenEncoder:
     """Encoder weights on devices plus a jitted forward per batch signature."""
 
-    def __init__(self, weights: EncoderWeights, *, dtype=jnp.float32, devices=None):
-        self.config = dataclasses.replace(weights.config, attention_impl=None, remat=False)
-        self.source = weights.source
-        abstract = state_lib.abstract_model(self.config, dtype=dtype)
-        self.graphdef = nnx.split(abstract.encoder, nnx.Param, nnx.BatchStat)[0]
+    def __init__(
+        self, weights: EncoderWeights, *, dtype=jnp.float32, devices=None, attention_impl=""
+    ):
         devices = list(devices if devices is not None else jax.local_devices())
         self.mesh = jax.make_mesh(
             (len(devices),), (DATA_AXIS,), devices=devices, axis_types=(AxisType.Auto,)
         )
+        attention = attention_lib.resolve(attention_impl, attention_lib.platform_of(self.mesh))
+        self.config = dataclasses.replace(weights.config, attention_impl=attention, remat=False)
+        self.source = weights.source
+        abstract = state_lib.abstract_model(self.config, dtype=dtype)
+        self.graphdef = nnx.split(abstract.encoder, nnx.Param, nnx.BatchStat)[0]
         replicated = NamedSharding(self.mesh, PartitionSpec())
         self._batch_sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
         self._replicated = replicated
@@ -122,7 +128,8 @@ class FrozenEncoder:
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 (one entry per batch signature, bounded)
     def _compiled(self, specs: tuple, blocks: tuple, side: int):
-        return jax.jit(functools.partial(_forward, self.graphdef, specs, blocks, side))
+        forward = functools.partial(_forward, self.graphdef, specs, blocks, side)
+        return jax.jit(attention_lib.under_mesh(self.mesh, forward))
 
     @functools.lru_cache(maxsize=64)  # noqa: B019
     def layout(self, specs: tuple, effective_gsd: float, reference: sensors.ModalitySpec) -> dict:

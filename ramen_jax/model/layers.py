@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ramen_jax.model import attention as attention_lib
+
 
 def uniform_init(bound: float):
     def init(key, shape, dtype=jnp.float32):
@@ -141,8 +143,8 @@ class Mlp(nnx.Module):
 class Attention(nnx.Module):
     """Multi-head self-attention with a fused qkv projection (timm ``Attention``).
 
-    ``implementation`` is passed to ``jax.nn.dot_product_attention`` (``None`` lets JAX pick:
-    cuDNN on GPU where it applies, XLA elsewhere).
+    ``implementation``: a name of ``ramen_jax.model.attention`` (the trainer and the encoder
+    resolve ``""`` to the default of their mesh's platform; None here is ``xla``).
     """
 
     def __init__(
@@ -184,55 +186,10 @@ class Attention(nnx.Module):
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
         batch = math.prod(lead)
         q, k, v = (t.reshape(batch, length, self.num_heads, head_dim) for t in (q, k, v))
-        mask = None
         if key_mask is not None:
-            mask = key_mask.reshape(batch, 1, 1, length)
-        out = attention(q, k, v, mask, self.implementation)
+            key_mask = key_mask.reshape(batch, length)
+        out = attention_lib.attention(q, k, v, key_mask, self.implementation)
         return self.proj(out.reshape(*lead, length, width))
-
-
-ATTENTION_CHUNK = 1024  # queries per chunk of the "chunked" implementation
-
-
-def attention(q, k, v, mask, implementation=None):
-    """Scaled dot-product attention on ``[B, L, heads, head_dim]``; mask ``[B, 1, 1, L]``.
-
-    ``implementation``: ``None``/``"xla"``/``"cudnn"`` go to ``jax.nn.dot_product_attention``
-    (softmax in float32 whatever the input dtype); ``"einsum"`` is two einsums around a softmax
-    in the input dtype, which XLA's CPU backend runs faster (see docs/performance.md);
-    ``"chunked"`` is the einsum path over blocks of ``ATTENTION_CHUNK`` queries, each block
-    recomputed in the backward pass, so no ``L x L`` score matrix is ever stored (memory for
-    long sequences on CPU). float64 inputs (the parity tests) take the einsum path unless
-    ``"chunked"`` is asked for, so the softmax is not rounded.
-    """
-    if implementation == "chunked":
-        return chunked_attention(q, k, v, mask)
-    if q.dtype != jnp.float64 and implementation != "einsum":
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
-    return einsum_attention(q, k, v, mask)
-
-
-def einsum_attention(q, k, v, mask):
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
-    if mask is not None:
-        scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
-    weights = jax.nn.softmax(scores.astype(jnp.promote_types(q.dtype, jnp.float32)), axis=-1)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
-
-
-def chunked_attention(q, k, v, mask, chunk: int | None = None):
-    """``einsum_attention`` one block of queries at a time (``lax.map``, rematerialised):
-    scores take ``B x heads x chunk x L`` at once, forward and backward."""
-    batch, length, heads, head_dim = q.shape
-    chunk = chunk or ATTENTION_CHUNK
-    if length <= chunk:
-        return einsum_attention(q, k, v, mask)
-    blocks = -(-length // chunk)
-    q = jnp.pad(q, ((0, 0), (0, blocks * chunk - length), (0, 0), (0, 0)))
-    q = q.reshape(batch, blocks, chunk, heads, head_dim).swapaxes(0, 1)
-    block = jax.checkpoint(lambda q_block: einsum_attention(q_block, k, v, mask))
-    out = jax.lax.map(block, q)  # [blocks, B, chunk, heads, head_dim]
-    return out.swapaxes(0, 1).reshape(batch, blocks * chunk, heads, head_dim)[:, :length]
 
 
 class Block(nnx.Module):

@@ -78,12 +78,6 @@ CHIPS = {
 }
 
 
-def default_attention(platform: str) -> str:
-    """The attention implementation a run on ``platform`` uses (its devices, not this host's):
-    chunked einsum on CPU, cuDNN's fused kernel on GPU, XLA's on TPU."""
-    return {"cpu": "chunked", "gpu": "cudnn", "tpu": "xla"}[platform]
-
-
 def parse_topology(name: str) -> tuple[str, int, str]:
     """``(platform, chip count, dims)`` of a topology name."""
     kind, _, dims = name.partition(":")
@@ -265,6 +259,7 @@ def main(argv):
     del argv
     platform, count, _ = parse_topology(_TOPOLOGY.value)
     slices = _NUM_SLICES.value
+    from ramen_jax.model import attention
     from ramen_jax.training import run_length, sharding
     from ramen_jax.training.trainer import Trainer
 
@@ -273,14 +268,14 @@ def main(argv):
     with config.unlocked():
         config.mesh.dcn_data = slices
         # The target's attention, not this host's (an explicit --config.model.attention_impl wins).
-        config.model.attention_impl = config.model.attention_impl or default_attention(platform)
+        config.model.attention_impl = attention.resolve(config.model.attention_impl, platform)
     mesh = (
         sharding.make_mesh(config.mesh, devices)
         if devices is not None
         else sharding.abstract_mesh(config.mesh, count * slices)
     )
     run_length.for_compiling_only(config)
-    trainer = Trainer(config, "/tmp/unused", mesh=mesh)
+    trainer = Trainer(config, "/tmp/unused", mesh=mesh, platform=platform)
     chips = count * slices
     chip = CHIPS.get(devices[0].device_kind) if devices is not None else None
     print(

@@ -22,6 +22,7 @@ from flax import nnx
 
 from ramen_jax import storage
 from ramen_jax.data import pipeline
+from ramen_jax.model import attention as attention_lib
 from ramen_jax.model import loss as loss_lib
 from ramen_jax.model import state as state_lib
 from ramen_jax.model.mae import ModelConfig, RamenMAE
@@ -46,20 +47,14 @@ from ramen_jax.training.optimizer import TorchAdamWState, learning_rate_schedule
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 
-def model_config_from(config, datasets) -> ModelConfig:
+def model_config_from(config, datasets, platform: str) -> ModelConfig:
+    """The model of ``config``; ``model.attention_impl=""`` becomes the default attention of
+    ``platform``, the devices' platform (``ramen_jax.model.attention.default_attention``)."""
     kinds = sorted({spec.kind for d in datasets for spec in d.specs})
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     values = {k: v for k, v in config.model.items() if k in fields}
-    values["attention_impl"] = values.get("attention_impl") or default_attention()
+    values["attention_impl"] = attention_lib.resolve(values.get("attention_impl"), platform)
     return ModelConfig(kinds=tuple(kinds), **values)
-
-
-def default_attention() -> str | None:
-    """``model.attention_impl=""``: chunked einsum attention on CPU (einsum is faster there
-    with XLA's CPU backend, and chunking it keeps long sequences within host memory for 1% of
-    step time; measured in docs/performance.md), ``jax.nn.dot_product_attention``'s own
-    choice elsewhere."""
-    return "chunked" if jax.default_backend() == "cpu" else None
 
 
 def trainable_mask(params, optim_config):
@@ -136,7 +131,9 @@ def describe_step(host_batch) -> str:
 class Trainer:
     """Holds the compiled pieces of a run; ``run()`` is the loop."""
 
-    def __init__(self, config, workdir: str, mesh=None):
+    def __init__(self, config, workdir: str, mesh=None, platform: str | None = None):
+        """``platform``: of the devices the steps run on; default: the mesh's devices' (an
+        ``AbstractMesh``, which has none, needs it for its default attention)."""
         self.config = config
         self.workdir = workdir
         self.mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
@@ -145,7 +142,9 @@ class Trainer:
             config.data, sharding.batch_shards(self.mesh, self.rules)
         )
         self.specs = {d.name: tuple(d.specs) for d in self.datasets}
-        self.model_config = model_config_from(config, self.datasets)
+        self.model_config = model_config_from(
+            config, self.datasets, platform or attention_lib.platform_of(self.mesh)
+        )
         self.dtype = DTYPES[config.model.get("dtype", "float32")]
         abstract = nnx.eval_shape(
             lambda: RamenMAE(self.model_config, rngs=nnx.Rngs(0), dtype=self.dtype)
@@ -211,7 +210,7 @@ class Trainer:
                 learning_rate=self.schedule,
             )
             self._steps[dataset] = jax.jit(
-                fn,
+                attention_lib.under_mesh(self.mesh, fn),
                 out_shardings=(self.state_sharding, sharding.replicated(self.mesh)),
                 donate_argnums=0,
             )
@@ -244,7 +243,10 @@ class Trainer:
                 return {k: v[0] for k, v in out["recon"].items()}, hidden
 
             # replicated outputs: every process can read the first sample (multi-host)
-            self._previews[dataset] = jax.jit(run, out_shardings=sharding.replicated(self.mesh))
+            self._previews[dataset] = jax.jit(
+                attention_lib.under_mesh(self.mesh, run),
+                out_shardings=sharding.replicated(self.mesh),
+            )
         return self._previews[dataset]
 
     def run(self) -> step_lib.TrainState:
