@@ -36,6 +36,7 @@ product of the dimensions is the chip count of one slice), or ``cpu:N``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -165,8 +166,37 @@ def largest_batches(trainer, per_dataset: int = 1) -> list[dict]:
     return out
 
 
+# Attention implementations that run as Pallas kernels: XLA's cost analysis sees a custom call
+# without FLOPs, so the tool adds theirs (``kernel_attention_flops``).
+KERNELS = ("splash",)
+
+
+@contextlib.contextmanager
+def kernel_attention_flops(calls: list):
+    """While the step is traced, appends the training FLOPs of every attention call that runs
+    as a Pallas kernel: forward 2 matmuls of ``B x Lq x Lk x heads x head_dim`` multiply-adds,
+    backward twice that (the kernel's recomputation of the scores not counted). Shapes are the
+    global (unpartitioned) ones."""
+    from ramen_jax.model import attention as attention_lib
+
+    original = attention_lib.attention
+
+    def counted(q, k, v, key_mask, implementation=None):
+        if implementation in KERNELS:
+            batch, queries, heads, head_dim = q.shape
+            calls.append(3 * 4 * batch * queries * k.shape[1] * heads * head_dim)
+        return original(q, k, v, key_mask, implementation)
+
+    attention_lib.attention = counted
+    try:
+        yield
+    finally:
+        attention_lib.attention = original
+
+
 def compile_step(trainer, batch):
-    """The train step for ``batch``'s shapes, compiled for the trainer's mesh, and seconds."""
+    """The train step for ``batch``'s shapes compiled for the trainer's mesh, the seconds it
+    took, and the global FLOPs of its Pallas attention kernels (``kernel_attention_flops``)."""
     import jax
 
     from ramen_jax.training import sharding
@@ -185,9 +215,11 @@ def compile_step(trainer, batch):
         state,
         trainer.state_sharding,
     )
-    start = time.perf_counter()
-    compiled = trainer.step_fn(batch["dataset"]).lower(state, args).compile()
-    return compiled, time.perf_counter() - start
+    start, kernel_calls = time.perf_counter(), []
+    with kernel_attention_flops(kernel_calls):
+        lowered = trainer.step_fn(batch["dataset"]).lower(state, args)
+    compiled = lowered.compile()
+    return compiled, time.perf_counter() - start, float(sum(kernel_calls))
 
 
 def peak_bytes(compiled) -> int:
@@ -205,12 +237,16 @@ def peak_bytes(compiled) -> int:
     )
 
 
-def roofline(compiled, chip: Chip, tokens_per_step: int, chips: int) -> dict:
+def roofline(
+    compiled, chip: Chip, tokens_per_step: int, chips: int, kernel_flops: float = 0.0
+) -> dict:
     """Step time if the step ran at the chip's peak FLOP/s or HBM bandwidth (whichever binds),
-    from XLA's cost analysis of the partitioned (per-device) program."""
+    from XLA's cost analysis of the partitioned (per-device) program, plus an even share of
+    the Pallas kernels' ``kernel_flops`` (global) that the cost analysis cannot see."""
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    flops, moved = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+    flops = float(cost.get("flops", 0.0)) + kernel_flops / chips
+    moved = float(cost.get("bytes accessed", 0.0))
     compute_s, memory_s = flops / chip.peak_bf16_flops, moved / chip.hbm_bytes_per_s
     step_s = max(compute_s, memory_s)
     return {
@@ -218,6 +254,7 @@ def roofline(compiled, chip: Chip, tokens_per_step: int, chips: int) -> dict:
         "tokens_per_s_per_chip": tokens_per_step / step_s / chips,
         "mfu_bound": compute_s / step_s,
         "flops": flops,
+        "kernel_flops": kernel_flops / chips,
         "bytes": moved,
     }
 
@@ -237,7 +274,7 @@ def dataset_report(trainer, batch, chip: Chip | None, attention: str, chips: int
     entry = {"tokens": tokens, "attention": attention}
     empty = dict.fromkeys(("est_step_s", "tokens_per_s_per_chip", "mfu_bound"))
     try:
-        compiled, seconds = compile_step(trainer, batch)
+        compiled, seconds, kernel_flops = compile_step(trainer, batch)
     except Exception as error:  # e.g. XLA:TPU out of HBM: reported, the others still run
         return {**entry, "peak_gib_per_chip": None, **empty, "compile_s": None,
                 "why": failure_reason(error)}  # fmt: skip
@@ -249,7 +286,12 @@ def dataset_report(trainer, batch, chip: Chip | None, attention: str, chips: int
             "compile_s": seconds,
             "why": "no chip constants for this platform",
         }
-    estimate = roofline(compiled, chip, rows * tokens, chips)
+    estimate = roofline(compiled, chip, rows * tokens, chips, kernel_flops)
+    print(
+        f"  {batch['dataset']:<12} per chip: {estimate['flops'] / 1e12:.2f} TFLOP (of which "
+        f"{estimate['kernel_flops'] / 1e12:.2f} in attention kernels), "
+        f"{estimate['bytes'] / 1e9:.2f} GB accessed"
+    )
     entry.update({k: estimate[k] for k in empty})
     entry["compile_s"] = seconds
     return entry
