@@ -222,8 +222,10 @@ def get_config(arg=None):
 
     c.contrastive = ml_collections.ConfigDict({"weight": 0.0, "temperature": 0.1})
 
-    # Mesh axes and logical -> mesh rules: model code only names logical axes.
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    # Mesh axes and logical -> mesh rules: model code only names logical axes. ``dcn_data``: the
+    # number of TPU slices (multi-slice, linked by the data-centre network) that the ``data`` axis
+    # spans; each slice holds data/dcn_data x fsdp x tensor devices (docs/scaling.md).
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "dcn_data": 1})
     c.sharding_rules = [
         ["batch", ["data", "fsdp"]],
         ["embed", "fsdp"],

@@ -9,6 +9,13 @@ slice only needs the code, the environment and the same command again; `run` doe
     launch/tpu.sh run --name ramen-v5e --zone us-west4-a --accelerator-type v5litepod-16 --spot \\
         --workdir gs://my-bucket/ramen/base --config configs/base.py --config.optim.lr=1e-4
 
+Multi-slice (several slices joined by the data-centre network): `--node-count N` on every action
+queues N slices in one queued resource (named NODE_PREFIX-0 .. NODE_PREFIX-(N-1), the prefix being
+`--node-prefix`, by default `--name`), runs each worker command on all of them, and passes
+`--config.mesh.dcn_data=N` to the training. The runtime puts the MEGASCALE_* variables (the
+coordinator, the slice count and each slice's id) in every worker's TPU environment, where
+`jax.distributed.initialize()` reads them; the launcher sets no environment of its own.
+
 Actions (each one also works alone): create, copy, install, train, logs, status, stop, delete,
 and run (= all of them in a loop that re-queues a preempted slice). Every action takes --dry-run:
 it prints each command it would run, one per line, fully expanded and copy-pasteable, and runs
@@ -139,11 +146,20 @@ class Shell:
 
 @dataclass(frozen=True)
 class Slice:
-    """gcloud command lines for one queued resource and its TPU VM (both named `name`)."""
+    """gcloud command lines for one queued resource and its TPU VMs: one named `name`, or with
+    `node_count` > 1 (multi-slice) `node_prefix`-0, -1, ... ."""
 
     name: str
     zone: str
     project: str | None
+    node_count: int = 1
+    node_prefix: str | None = None
+
+    @property
+    def nodes(self) -> list[str]:
+        if self.node_count == 1:
+            return [self.name]
+        return [f"{self.node_prefix or self.name}-{i}" for i in range(self.node_count)]
 
     def _where(self) -> list[str]:
         return [f"--zone={self.zone}"] + ([f"--project={self.project}"] if self.project else [])
@@ -152,17 +168,28 @@ class Slice:
         command = ["gcloud", "compute", "tpus", "queued-resources", verb, self.name]
         return command + self._where() + list(flags)
 
-    def ssh(self, command: str, worker: str = "all") -> list[str]:
-        return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", self.name, *self._where()] + [
+    def ssh(self, command: str, worker: str = "all", node: str | None = None) -> list[str]:
+        node = node or self.nodes[0]
+        return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", node, *self._where()] + [
             f"--worker={worker}",
             f"--command={command}",
         ]
 
-    def scp_to_all(self, local: str, remote: str) -> list[str]:
-        return ["gcloud", "compute", "tpus", "tpu-vm", "scp", local, f"{self.name}:{remote}"] + [
-            *self._where(),
-            "--worker=all",
+    def ssh_all(self, command: str) -> list[list[str]]:
+        """`command` on every worker of every node (slice), one gcloud call per node."""
+        return [self.ssh(command, node=node) for node in self.nodes]
+
+    def scp_to_all(self, local: str, remote: str) -> list[list[str]]:
+        return [
+            ["gcloud", "compute", "tpus", "tpu-vm", "scp", local, f"{node}:{remote}"]
+            + [*self._where(), "--worker=all"]
+            for node in self.nodes
         ]
+
+
+def run_all(shell: Shell, commands: list[list[str]]) -> None:
+    for argv in commands:
+        shell.run(argv)
 
 
 def state_of(shell: Shell, tpu: Slice) -> str | None:
@@ -179,8 +206,12 @@ def state_of(shell: Shell, tpu: Slice) -> str | None:
 
 def create(shell: Shell, tpu: Slice, args: argparse.Namespace) -> None:
     accelerator = Accelerator.parse(args.accelerator_type)
+    if tpu.node_count == 1:
+        nodes = [f"--node-id={tpu.name}"]
+    else:  # multi-slice: one queued resource, node_count slices of the accelerator type
+        nodes = [f"--node-count={tpu.node_count}", f"--node-prefix={tpu.node_prefix or tpu.name}"]
     flags = [
-        f"--node-id={tpu.name}",
+        *nodes,
         f"--accelerator-type={args.accelerator_type}",
         f"--runtime-version={args.runtime_version or RUNTIME_VERSIONS[accelerator.generation]}",
     ]
@@ -207,24 +238,25 @@ def copy_code(shell: Shell, tpu: Slice, args: argparse.Namespace) -> None:
             f"rm -rf {CODE_DIR} && git clone --quiet {shlex.quote(args.git_url)} {CODE_DIR} && "
             f"git -C {CODE_DIR} checkout --quiet {shlex.quote(args.ref)}"
         )
-        shell.run(tpu.ssh(clone))
+        run_all(shell, tpu.ssh_all(clone))
         return
     tarball = str(Path(tempfile.gettempdir()) / f"ramen_jax-{tpu.name}.tar.gz")
     shell.run(
         ["git", "-C", str(REPO_ROOT), "archive", "--format=tar.gz", f"--output={tarball}", args.ref]
     )
-    shell.run(tpu.scp_to_all(tarball, "ramen_jax.tar.gz"))
+    run_all(shell, tpu.scp_to_all(tarball, "ramen_jax.tar.gz"))
     unpack = f"rm -rf {CODE_DIR} && mkdir -p {CODE_DIR} && tar -xzf ramen_jax.tar.gz -C {CODE_DIR}"
-    shell.run(tpu.ssh(unpack))
+    run_all(shell, tpu.ssh_all(unpack))
 
 
 def install(shell: Shell, tpu: Slice, args: argparse.Namespace) -> None:
-    shell.run(
-        tpu.ssh(
+    run_all(
+        shell,
+        tpu.ssh_all(
             f"cd {CODE_DIR} && python3 -m pip install --user --quiet {UV_PIN} && "
             f"python3 -m uv venv --clear --python {shlex.quote(args.python_version)} {VENV_DIR} && "
             f"python3 -m uv pip install --python {VENV_DIR}/bin/python -r requirements-tpu.txt"
-        )
+        ),
     )
 
 
@@ -233,8 +265,11 @@ def train_command(args: argparse.Namespace) -> str:
     SIGHUP, as nohup does, and holds none of the session's file descriptors), its pid and, once it
     ends, its exit code kept next to its log. Only that subshell may be in the background: a `&`
     after an `&&` list would background the whole list, which then holds ssh's output open."""
+    overrides = list(args.overrides)
+    if args.node_count > 1:  # the mesh's data axis spans the slices (configs/base.py, mesh)
+        overrides.append(f"--config.mesh.dcn_data={args.node_count}")
     train = f"{VENV_DIR}/bin/python -m ramen_jax.train " + shlex.join(
-        ["--config", args.config, "--workdir", args.workdir, *args.overrides]
+        ["--config", args.config, "--workdir", args.workdir, *overrides]
     )
     return (
         f"cd {CODE_DIR} && mkdir -p {LOG_DIR} || exit 1; "
@@ -247,7 +282,7 @@ def train_command(args: argparse.Namespace) -> str:
 
 def start_training(shell: Shell, tpu: Slice, args: argparse.Namespace) -> None:
     check_workdir(args)
-    shell.run(tpu.ssh(train_command(args)))
+    run_all(shell, tpu.ssh_all(train_command(args)))
 
 
 def follow_log(shell: Shell, tpu: Slice, worker: str) -> None:
@@ -257,12 +292,13 @@ def follow_log(shell: Shell, tpu: Slice, worker: str) -> None:
 def stop_training(shell: Shell, tpu: Slice) -> None:
     """SIGTERM to the training on every worker, then wait (up to 120 s) until it has exited.
     The hosts agree on one step, save a checkpoint there and exit 75 within seconds."""
-    shell.run(
-        tpu.ssh(
+    run_all(
+        shell,
+        tpu.ssh_all(
             f'if [ -f {TRAIN_PID} ] && kill "$(cat {TRAIN_PID})" 2>/dev/null; then '
             f'for _ in $(seq 120); do kill -0 "$(cat {TRAIN_PID})" 2>/dev/null || break; sleep 1; '
             "done; fi"
-        )
+        ),
     )
 
 
@@ -291,9 +327,14 @@ def training_statuses(shell: Shell, tpu: Slice) -> list[str] | None:
         f'elif [ -f {TRAIN_PID} ] && kill -0 "$(cat {TRAIN_PID})" 2>/dev/null; then '
         "echo ramen-status running; else echo ramen-status missing; fi"
     )
-    returncode, out, _ = shell.query(tpu.ssh(probe), "probe")
-    statuses = re.findall(r"ramen-status (\S+)", out)
-    return statuses if returncode == 0 and statuses else None
+    statuses = []
+    for argv in tpu.ssh_all(probe):
+        returncode, out, _ = shell.query(argv, "probe")
+        found = re.findall(r"ramen-status (\S+)", out)
+        if returncode != 0 or not found:
+            return None
+        statuses += found
+    return statuses
 
 
 # ramen_jax.train exits 75 when a stop signal reached a host and every host saved a checkpoint at
@@ -378,7 +419,7 @@ def check_workdir(args: argparse.Namespace) -> None:
             f"--workdir must be a gs:// path for `run`, not {args.workdir!r}: a re-queued slice "
             "starts from fresh disks, so checkpoints on a local disk would be lost"
         )
-    if accelerator is None or accelerator.multi_host:
+    if accelerator is None or accelerator.multi_host or args.node_count > 1:
         raise LaunchError(
             f"--workdir must be a gs:// path on a multi-host slice, not {args.workdir!r}: every "
             "host writes its shards of each checkpoint to the same place (a local path is allowed "
@@ -443,6 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--zone", required=True, help="e.g. us-west4-a (v5e), us-east5-a (v5p)")
     common.add_argument("--project", help="GCP project (default: gcloud's configured project)")
     common.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    common.add_argument(
+        "--node-count", type=int, default=1, help="slices (multi-slice over DCN; default 1)"
+    )
+    common.add_argument("--node-prefix", help="multi-slice node names PREFIX-0.. (default --name)")
 
     slice_spec = argparse.ArgumentParser(add_help=False)
     slice_spec.add_argument("--accelerator-type", required=True, help="e.g. v5litepod-16, v5p-32")
@@ -523,8 +568,22 @@ def main(argv: list[str] | None = None) -> int:
             raise LaunchError("--poll-seconds must not be negative")
         if getattr(args, "config", None) and Path(args.config).is_absolute():
             raise LaunchError(f"--config {args.config!r} must be relative to the repository root")
-        shell = Shell(args.dry_run, SIMULATIONS.get(args.action, {}))
-        ACTIONS[args.action](shell, Slice(args.name, args.zone, args.project), args)
+        if args.node_count < 1:
+            raise LaunchError(f"--node-count must be at least 1, not {args.node_count}")
+        if args.node_prefix and not NAME_RE.match(args.node_prefix):
+            raise LaunchError(
+                f"--node-prefix {args.node_prefix!r}: use lower-case letters, digits, '-'"
+            )
+        if any(o.startswith("--config.mesh.dcn_data=") for o in args.overrides):
+            raise LaunchError("--config.mesh.dcn_data is set from --node-count; drop it")
+        simulated = {
+            # every node (slice) answers the status probe in a dry run
+            kind: [a for a in answers for _ in range(args.node_count if kind == "probe" else 1)]
+            for kind, answers in SIMULATIONS.get(args.action, {}).items()
+        }
+        shell = Shell(args.dry_run, simulated)
+        tpu = Slice(args.name, args.zone, args.project, args.node_count, args.node_prefix)
+        ACTIONS[args.action](shell, tpu, args)
     except LaunchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

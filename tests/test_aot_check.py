@@ -1,5 +1,7 @@
-"""The ahead-of-time topology check: exact per-device state bytes, compiled memory on CPU."""
+"""The ahead-of-time topology check: exact per-device state bytes, compiled memory on CPU, and
+the JSON line scripts read (tests/test_multislice.py compiles for TPU where libtpu is there)."""
 
+import json
 import os
 import re
 import subprocess
@@ -40,17 +42,44 @@ def test_base_config_on_a_tpu_slice_reports_sharded_state_without_hardware():
     assert per_device_gib(fsdp, "params") < 0.3 * per_device_gib(replicated, "params")
     assert abs(per_device_gib(fsdp, "optimizer") - 2 * per_device_gib(fsdp, "params")) < 0.01
     assert "not compiled" in replicated  # no libtpu here, and the report says so
+    report = json.loads(replicated.splitlines()[-1])
+    assert (report["topology"], report["slices"], report["chips"]) == ("v5p:2x2x4", 1, 16)
+    assert set(report["datasets"]) == {"flairhub", "mmearth", "worldstrat"}
+    for entry in report["datasets"].values():
+        assert entry["peak_gib_per_chip"] is None and "cannot compile" in entry["why"]
 
 
-def test_debug_config_compiles_for_simulated_cpu_devices():
+DATASET_KEYS = {
+    "tokens": int,
+    "attention": str,
+    "peak_gib_per_chip": float,
+    "est_step_s": (float, type(None)),
+    "tokens_per_s_per_chip": (float, type(None)),
+    "mfu_bound": (float, type(None)),
+    "compile_s": float,
+}
+
+
+def test_debug_config_compiles_for_two_simulated_slices_and_ends_with_one_json_line():
     out = aot_check(
         "--config=configs/base.py:debug",
-        "--topology=cpu:4",
-        "--config.mesh.data=2",
+        "--topology=cpu:2",
+        "--num_slices=2",
         "--config.mesh.fsdp=2",
         env={
             "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
             + " --xla_force_host_platform_device_count=4"
         },
     )
-    assert re.search(r"bigearthnet\s+\d+ tokens x 4 modalities: peak\s+[\d.]+ GiB", out), out
+    assert "'data': 2, 'fsdp': 2" in out and "chunked attention" in out, out
+    assert re.search(r"bigearthnet\s+\d+ tokens, chunked attention: peak\s+[\d.]+ GiB", out), out
+    report = json.loads(out.splitlines()[-1])
+    assert set(report) == {"topology", "slices", "chips", "hbm_gib_per_chip", "datasets"}
+    assert (report["topology"], report["slices"], report["chips"]) == ("cpu:2", 2, 4)
+    assert report["hbm_gib_per_chip"] is None  # no chip constants for a CPU
+    entry = report["datasets"]["bigearthnet"]
+    assert set(entry) == {*DATASET_KEYS, "why"}
+    for key, kind in DATASET_KEYS.items():
+        assert isinstance(entry[key], kind), (key, entry[key])
+    assert entry["peak_gib_per_chip"] > 0 and entry["est_step_s"] is None
+    assert entry["tokens"] == max(int(t) for t in re.findall(r"(\d+) tokens", out))

@@ -291,6 +291,64 @@ def test_run_dry_run_shows_the_requeue_loop(fakes):
     assert [kind(c) for c in kept] == RUN_LOOP[:-1]
 
 
+# --- Multi-slice: one queued resource of several slices, joined over the data-centre network ----
+
+WORKER_KINDS = {"probe", "stop", "scp", "unpack", "install", "train"}  # once per node
+
+
+def node_of(command: list[str]) -> str:
+    return command[6].split(":")[0] if command[4] == "scp" else command[5]
+
+
+def test_multislice_create_queues_every_slice_in_one_queued_resource(fakes):
+    args = ["create", *SLICE, "--accelerator-type", "v5litepod-16", "--node-count", "2"]
+    create, _ = dry_run(fakes, *args)
+    flags = ["--accelerator-type=v5litepod-16", "--runtime-version=v2-alpha-tpuv5-lite"]
+    assert create == queued_resource("create", "--node-count=2", "--node-prefix=ramen-v5e", *flags)
+    create, _ = dry_run(fakes, *args, "--node-prefix", "ramen-slice")
+    assert "--node-prefix=ramen-slice" in create and not any("--node-id" in a for a in create)
+
+
+def test_multislice_run_reaches_every_slice_and_spans_the_data_axis_over_them(fakes):
+    commands = dry_run(fakes, "run", *RUN_ARGS, "--node-count", "2", "--config.seed=1")
+    expected = [k for k in RUN_LOOP for _ in range(2 if k in WORKER_KINDS else 1)]
+    assert [kind(command) for command in commands] == expected
+    worker_commands = [c for c in commands if kind(c) in WORKER_KINDS]
+    assert [node_of(c) for c in worker_commands] == ["ramen-v5e-0", "ramen-v5e-1"] * (
+        len(worker_commands) // 2
+    )
+    trains = [remote(c) for c in commands if kind(c) == "train"]
+    assert len(trains) == 4
+    assert all("--config.seed=1 --config.mesh.dcn_data=2 &" in text for text in trains)
+    assert all("--node-count=2" in c for c in commands if kind(c) == "create")
+    # One slice: no dcn_data override, the node is the queued resource's own name.
+    single = dry_run(fakes, "train", *SLICE, "--workdir", GS_WORKDIR, "--no-follow")
+    assert node_of(single[0]) == "ramen-v5e" and "dcn_data" not in remote(single[0])
+    (follow,) = dry_run(fakes, "logs", *SLICE, "--node-count", "2")
+    assert node_of(follow) == "ramen-v5e-0"  # process 0 is worker 0 of slice 0
+
+
+def test_jax_reads_the_multislice_environment_of_a_queued_resource(monkeypatch):
+    """jax.distributed.initialize() on Cloud TPU (jax/_src/clusters/cloud_tpu_cluster.py) takes
+    the coordinator, the slice count and the slice id from the MEGASCALE_* entries that the
+    runtime writes into each worker's `tpu-env` metadata: the launcher sets none itself."""
+    from jax._src.clusters import cloud_tpu_cluster
+
+    metadata = {
+        "agent-worker-number": "1",
+        "worker-network-endpoints": "10.0.0.5,10.0.0.6",
+        "tpu-env": "MEGASCALE_COORDINATOR_ADDRESS: '127.0.0.1'\nMEGASCALE_NUM_SLICES: '2'\n"
+        "MEGASCALE_SLICE_ID: '1'\n",
+    }
+    monkeypatch.setattr(cloud_tpu_cluster, "get_metadata", lambda key: (metadata[key], 200))
+    for name in ("MEGASCALE_COORDINATOR_ADDRESS", "MEGASCALE_NUM_SLICES", "MEGASCALE_SLICE_ID"):
+        monkeypatch.delenv(name, raising=False)
+    cluster = cloud_tpu_cluster.GceTpuCluster
+    assert cluster.get_process_count() == 4  # 2 hosts per slice x 2 slices
+    assert cluster.get_process_id() == 3  # host 1 of slice 1
+    assert cluster.get_coordinator_address(5, None).startswith("127.0.0.1:")
+
+
 def test_run_executes_what_its_dry_run_prints(fakes, tmp_path):
     """A real `run` against a fake gcloud answering as the dry run's simulation does."""
     gone = [1, "", "ERROR: (gcloud.compute.tpus.queued-resources.describe) NOT_FOUND: x\n"]
@@ -402,6 +460,20 @@ def test_run_requeues_a_slice_lost_during_the_launch(fakes, tmp_path):
         (["delete", *SLICE, "--config.optim.lr=1"], "unrecognized arguments"),
         (["train", *SLICE, "--workdir", GS_WORKDIR, "--config", "/abs/base.py"], "relative"),
         (["train", *SLICE, "--workdir", GS_WORKDIR, "--config.lr", "1"], "--config.lr 1"),
+        (["status", *SLICE, "--node-count", "0"], "--node-count must be at least 1"),
+        (
+            [
+                "train",
+                *SLICE,
+                "--workdir",
+                GS_WORKDIR,
+                "--node-count",
+                "2",
+                "--config.mesh.dcn_data=3",
+            ],
+            "set from --node-count",
+        ),
+        (["train", *SLICE, "--workdir", "/ckpt", "--node-count", "2"], "gs:// path"),
     ],
 )
 def test_tpu_bad_input_is_a_clear_error(fakes, args, message):
@@ -593,4 +665,5 @@ def test_requirements_tpu_pins_match_pyproject_and_jax_tpu_extra():
     (extra,) = [r for r in importlib.metadata.requires("jax") if r.startswith("libtpu")]
     wanted = re.match(r"libtpu\s*==\s*([0-9.]+)\.\*", extra)[1]
     assert pins["libtpu"][1].startswith(f"=={wanted}.")
+    assert project["optional-dependencies"]["tpu"] == [f"libtpu{pins['libtpu'][1]}"]
     assert importlib.metadata.version("jax") == "0.10.2"

@@ -2,7 +2,8 @@
 
 Model code names logical axes only (``embed``, ``mlp``, ``qkv``, ``heads``, ``dec_embed``,
 ``batch``...; see ``ramen_jax.model.layers``). The config supplies the mesh shape
-(``data``, ``fsdp``, ``tensor``; ``-1`` = the remaining devices) and ``sharding_rules``
+(``data``, ``fsdp``, ``tensor``; ``-1`` = the remaining devices), how many slices the ``data``
+axis spans over the data-centre network (``dcn_data``, multi-slice TPU) and ``sharding_rules``
 (``[logical, mesh axis or list of mesh axes or None]``, first match wins). A dimension that a
 mesh axis does not divide is replicated instead, so odd widths (the 4-way gate, 16-wide L-TAE
 query) never fail to shard. Parameters are created directly with their sharding
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ramen_jax.data.plan import BatchShards
@@ -48,9 +50,43 @@ AUTO = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
 
 def make_mesh(mesh_config, devices: Sequence | None = None) -> jax.sharding.Mesh:
     devices = list(devices if devices is not None else jax.devices())
-    return jax.make_mesh(
-        mesh_shape(mesh_config, len(devices)), MESH_AXES, axis_types=AUTO, devices=devices
-    )
+    shape = mesh_shape(mesh_config, len(devices))
+    slices = int(mesh_config.get("dcn_data", 1))
+    if slices == 1:
+        return jax.make_mesh(shape, MESH_AXES, axis_types=AUTO, devices=devices)
+    grid = hybrid_device_grid(shape, slices, devices)
+    return jax.sharding.Mesh(grid, MESH_AXES, axis_types=AUTO)
+
+
+def hybrid_device_grid(shape: Sequence[int], slices: int, devices: Sequence) -> np.ndarray:
+    """The ``(data, fsdp, tensor)`` device grid of a mesh whose ``data`` axis spans ``slices``
+    slices: every slice holds a ``(data / slices, fsdp, tensor)`` block of its own devices
+    (linked by ICI), stacked along ``data``, so only the data-parallel reductions (gradients,
+    metrics) cross the slower data-centre network (DCN).
+
+    Slices are the devices' ``slice_index`` on multi-slice TPU (and in a multi-slice
+    ``jax.experimental.topologies`` description), else the processes when there is one per
+    slice, else (simulated CPU devices in one process) consecutive blocks of the device list.
+    """
+    data, *inner = shape
+    if slices < 1 or data % slices:
+        raise ValueError(f"mesh.dcn_data={slices} must divide the data axis ({data})")
+    per_slice, dcn = (data // slices, *inner), (slices, 1, 1)
+    if hasattr(devices[0], "slice_index"):
+        found = len({d.slice_index for d in devices})
+        if found != slices:
+            raise ValueError(f"mesh.dcn_data={slices}, but the devices span {found} slice(s)")
+        return mesh_utils.create_hybrid_device_mesh(per_slice, dcn, devices)
+    if len({d.process_index for d in devices}) == slices:
+        return mesh_utils.create_hybrid_device_mesh(
+            per_slice, dcn, devices, process_is_granule=True
+        )
+    ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
+    size = len(ordered) // slices
+    blocks = [
+        np.array(ordered[i * size : (i + 1) * size]).reshape(per_slice) for i in range(slices)
+    ]
+    return np.concatenate(blocks, axis=0)
 
 
 def abstract_mesh(mesh_config, device_count: int) -> jax.sharding.AbstractMesh:
