@@ -239,6 +239,12 @@ def plan_chunks(items_by_split: Mapping[str, Sequence], chunk_size: int) -> list
     ]
 
 
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+    def initialize_from_bucket(self) -> None:
+        """Nothing to fetch: these datasets are never on TFDS's public bucket (TFDS would
+        create, and leave behind, an empty temporary directory per chunk for the lookup)."""
+
+
 class ChunkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """TFDS builder of one chunk; datasets subclass it with their ``name`` and ``SPEC``."""
 
@@ -253,7 +259,7 @@ class ChunkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return _LocalDatasetInfo(
             builder=self,
             description=self.SPEC.description,
             homepage=self.SPEC.homepage,

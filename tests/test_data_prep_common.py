@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -129,9 +130,14 @@ def assert_stats_close(actual, expected):
         assert actual[key]["count"] == expected[key]["count"]
 
 
-def test_round_trip_shapes_dtypes_dates_and_stats(tmp_path):
-    common.convert(Toy, ToySource(), tmp_path, ["train", "val"])
-    train, val = read_all(tmp_path, "train"), read_all(tmp_path, "val")
+def test_round_trip_shapes_dtypes_dates_and_stats(tmp_path, monkeypatch):
+    scratch = tmp_path / "system_tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    out = tmp_path / "out"
+    common.convert(Toy, ToySource(), out, ["train", "val"])
+    assert not any(scratch.iterdir())  # nothing left in the system's temporary directory
+    train, val = read_all(out, "train"), read_all(out, "val")
     assert sorted(train) == [f"item-{i}" for i in range(6)]
     assert sorted(val) == ["item-100", "item-101"]
     for item in [*range(6), 100, 101]:
@@ -140,13 +146,13 @@ def test_round_trip_shapes_dtypes_dates_and_stats(tmp_path):
         for key in ("img", "img_dates", "ts", "ts_dates"):
             assert actual[key].dtype == expected[key].dtype
             np.testing.assert_array_equal(actual[key], expected[key])
-    assert_stats_close(common.load_stats(tmp_path), expected_patch_stats(range(6)))
+    assert_stats_close(common.load_stats(out), expected_patch_stats(range(6)))
     for split in ("train", "val"):  # dates per record, in load_split's order
-        records = common.load_split(tmp_path, split)
+        records = common.load_split(out, split)
         expected = [len(records[i]["ts_dates"]) for i in range(len(records))]
-        assert common.load_time_steps(tmp_path, split) == {"ts": expected}
-    assert not (tmp_path / common.WORK_DIR).exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        assert common.load_time_steps(out, split) == {"ts": expected}
+    assert not (out / common.WORK_DIR).exists()
+    assert sorted(p.name for p in out.iterdir()) == [
         "NORM_img_patch.json",
         "NORM_ts_patch.json",
         "dataset_info.json",
