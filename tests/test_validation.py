@@ -42,6 +42,19 @@ def test_best_checkpoints_keep_the_k_lowest_and_the_last_k_stay_for_resume(tmp_p
     again.close()
 
 
+def test_a_resumed_run_validating_a_saved_best_step_again_goes_on(tmp_path):
+    """Stopped after the best save of step 10 and resumed from step 5: step 10 is validated
+    and offered again; the state is the same, so the saved one stays and the run goes on."""
+    best = checkpointing.BestCheckpoints(str(tmp_path), keep=1)
+    best.save(10, small_state(10), {"next_step": 10}, 1.0)
+    best.close()
+    resumed = checkpointing.BestCheckpoints(str(tmp_path), keep=1)
+    resumed.save(10, small_state(10), {"next_step": 10}, 1.0)
+    resumed.save(20, small_state(20), {"next_step": 20}, 0.5)
+    assert resumed.steps() == [20]
+    resumed.close()
+
+
 def test_settings_refuse_a_negative_keep_best():
     with pytest.raises(checkpointing.CheckpointSettingsError, match="keep_best"):
         checkpointing.validate_settings({"every_steps": 1, "keep": 1, "keep_best": -1})

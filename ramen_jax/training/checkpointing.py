@@ -396,6 +396,10 @@ class BestCheckpoints:
         self.state_check = array_digests.StateCheck()
 
     def save(self, step: int, state: TrainState, meta: dict, val_loss: float) -> None:
+        if step in self.manager.all_steps():
+            # a run stopped after this validation, before its next regular checkpoint, and
+            # resumed from an earlier one: the replayed steps reproduce the saved state exactly
+            return
         tree = state_to_tree(state)
         non_finite, digests = self.state_check.check(tree)
         if non_finite:
