@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 import pytest
 from test_encode import S2_BANDS, s2_scene, write_tif
 from test_storage import bucket_files
-from test_train import REPO, losses, run_train, train_command
+from test_train import REPO, losses, metrics, run_train, train_command
 
 from ramen_jax import storage
 from ramen_jax.convert import checkpoints
@@ -35,6 +35,13 @@ from ramen_jax.encode import __main__ as encode_cli
 from ramen_jax.model import state as state_lib
 
 SETTINGS = ("--config.total_steps=30", "--config.workdir_sync_seconds=0")
+# validation every 10 steps (the demo has no held-out split: 2 batches of its training data),
+# the best validated state kept in WORKDIR/best, through the kill and the resume
+VALIDATION = (
+    "--config.eval.every_steps=10",
+    "--config.eval.batches=2",
+    "--config.checkpoint.keep_best=1",
+)
 
 
 def bucket_metrics(workdir: str) -> list[dict]:
@@ -77,13 +84,15 @@ def convert(*args) -> str:
 @pytest.mark.slow
 def test_bucket_run_resumes_after_sigkill_then_converts_and_encodes(gcs_bucket, tmp_path):
     reference = tmp_path / "reference"
-    run_train(reference, "configs/demo.py:tiny", *SETTINGS)
+    run_train(reference, "configs/demo.py:tiny", *SETTINGS, *VALIDATION)
     expected = losses(reference)
+    expected_val = {m["step"]: m["val/loss"] for m in metrics(reference) if "val/loss" in m}
+    assert sorted(expected_val) == [10, 20, 30]
     assert sorted(expected) == list(range(1, 31))
 
     workdir = f"{gcs_bucket}/run"
     process = subprocess.Popen(
-        train_command(workdir, "configs/demo.py:tiny", *SETTINGS),
+        train_command(workdir, "configs/demo.py:tiny", *SETTINGS, *VALIDATION),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -98,15 +107,26 @@ def test_bucket_run_resumes_after_sigkill_then_converts_and_encodes(gcs_bucket, 
     before = bucket_metrics(workdir)
     assert before and max(m["step"] for m in before) < 30
 
-    result = run_train(workdir, "configs/demo.py:tiny", *SETTINGS)
+    result = run_train(workdir, "configs/demo.py:tiny", *SETTINGS, *VALIDATION)
     resumed = [line for line in result.stdout.splitlines() if line.startswith("resumed from")]
     assert len(resumed) == 1 and f"{workdir}/checkpoints/" in resumed[0], result.stdout[-2000:]
     start = int(resumed[0].split(f"{workdir}/checkpoints/")[1].split()[0])
     logged = bucket_metrics(workdir)
     assert logged[: len(before)] == before  # the killed run's lines stay, the new ones follow
-    assert [m["step"] for m in logged[len(before) :]] == list(range(start + 1, 31))
+    new = [m["step"] for m in logged[len(before) :] if "loss" in m]
+    assert new == list(range(start + 1, 31))
     for m in logged:
-        assert m["loss"] == expected[m["step"]], (m["step"], m["loss"], expected[m["step"]])
+        if "loss" in m:
+            assert m["loss"] == expected[m["step"]], (m["step"], m["loss"], expected[m["step"]])
+    validated = {m["step"]: m["val/loss"] for m in logged if "val/loss" in m}
+    assert validated == expected_val  # the same validations, bitwise, across the kill
+    best_step = min(expected_val, key=expected_val.get)
+    forget_listings()
+    best = ocp.CheckpointManager(
+        f"{workdir}/best", options=ocp.CheckpointManagerOptions(read_only=True)
+    )
+    assert list(best.all_steps()) == [best_step]
+    best.close()
     files = bucket_files(workdir)
     assert any(name.startswith("tensorboard/events.out.tfevents") for name in files)
     assert any(name.startswith("previews/step_0000030_") for name in files)
