@@ -257,8 +257,13 @@ class Trainer:
         reporter = reporting.Reporter(workdir, config.total_steps, 0, config.workdir_sync_seconds)
         validator = validation.Validator(self) if validation.enabled(config) else None
         settings = dict(config.checkpoint)
-        keep_best = settings.pop("keep_best", 0) if validator is not None else 0
-        settings.pop("keep_best", None)
+        keep_best = settings.pop("keep_best", 0)
+        if keep_best and validator is None:
+            logging.warning(
+                "checkpoint.keep_best=%d keeps nothing: validation is off (eval.every_steps=-1)",
+                keep_best,
+            )
+            keep_best = 0
         ckpt = checkpointing.Checkpointer(workdir, **settings)
         best = checkpointing.BestCheckpoints(workdir, keep_best) if keep_best else None
         config_json = run_identity.config_json(config)
