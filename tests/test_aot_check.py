@@ -49,6 +49,18 @@ def test_base_config_on_a_tpu_slice_reports_sharded_state_without_hardware():
         assert entry["peak_gib_per_chip"] is None and "cannot compile" in entry["why"]
 
 
+def test_datasets_flag_keeps_the_named_datasets_and_refuses_unknown_ones():
+    out = aot_check("--config=configs/base.py", "--topology=v5p:2x2x4", "--datasets=worldstrat")
+    assert set(json.loads(out.splitlines()[-1])["datasets"]) == {"worldstrat"}
+    result = subprocess.run(
+        [sys.executable, "-m", "ramen_jax.tools.aot_check", "--config=configs/base.py",
+         "--topology=v5p:2x2x4", "--datasets=worldstrat,sentinel"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "--datasets sentinel: not in the config (flairhub, mmearth, worldstrat)" in result.stderr
+
+
 DATASET_KEYS = {
     "tokens": int,
     "attention": str,

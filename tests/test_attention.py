@@ -112,6 +112,22 @@ def test_splash_kernel_without_a_mask_matches_einsum():
     )
 
 
+@pytest.mark.parametrize("length, kernel", [(34, False), (127, False), (128, True), (150, True)])
+def test_splash_takes_only_sequences_of_at_least_one_kernel_block(length, kernel):
+    """Shorter sequences (the decoder's attention over a token's dates) take the einsum path:
+    the kernel would pad them to 128 queries and keys."""
+    q, k, v, mask = qkv_and_mask(batch=2, length=length, heads=2)
+
+    def run(q, k, v):
+        return attention_lib.attention(q, k, v, mask, "splash_interpret")
+
+    jaxpr = str(jax.make_jaxpr(run)(q, k, v))
+    assert ("pallas_call" in jaxpr) == kernel
+    np.testing.assert_allclose(
+        run(q, k, v), attention_lib.attention(q, k, v, mask, "einsum"), **TOL
+    )
+
+
 SHARDED = """
 import sys, jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec

@@ -19,7 +19,11 @@ of the mesh's devices):
   backward pass: no ``L x L`` score matrix is stored.
 - ``splash``: the Pallas TPU splash-attention kernel shipped with jax (fused: scores live in
   VMEM blocks only), key padding as segment ids. ``splash_interpret`` runs the same kernel in
-  Pallas interpret mode, on any backend (slow; for tests on CPU).
+  Pallas interpret mode, on any backend (slow; for tests on CPU). Sequences shorter than one
+  kernel block (``SPLASH_LANES``, 128) take the ``einsum`` path instead: the kernel would pad
+  them to 128 queries and keys. The decoder's attention over a token's dates (up to a few
+  dozen) is such a sequence: through the kernel, its padded copies were most of FLAIR-HUB's
+  step memory on TPU (docs/scaling.md).
 
 float64 inputs (the parity tests) take the einsum path unless ``chunked`` is asked for, so the
 softmax is not rounded to float32.
@@ -72,6 +76,8 @@ def attention(q, k, v, key_mask, implementation: str | None = None):
     name = implementation or "xla"
     if q.dtype == jnp.float64 and name != "chunked":
         name = "einsum"
+    if name.startswith("splash") and q.shape[1] < SPLASH_LANES:
+        name = "einsum"  # shorter than one kernel block (module doc)
     return IMPLEMENTATIONS[name](q, k, v, key_mask)
 
 

@@ -56,6 +56,9 @@ _COMPILE = flags.DEFINE_bool("compile", True, "Compile the train step where poss
 _BUCKETS = flags.DEFINE_integer(
     "buckets_per_dataset", 1, "Compile this many of each dataset's buckets, largest first."
 )
+_DATASETS = flags.DEFINE_list(
+    "datasets", [], "Only these datasets of the config (default: all), e.g. mmearth,worldstrat."
+)
 flags.mark_flags_as_required(["config"])
 
 GIB = 1024**3
@@ -307,6 +310,7 @@ def main(argv):
 
     devices, why_not = target_devices(_TOPOLOGY.value, slices)
     config = _CONFIG.value
+    keep_only(config, _DATASETS.value)
     with config.unlocked():
         config.mesh.dcn_data = slices
         # The target's attention, not this host's (an explicit --config.model.attention_impl wins).
@@ -361,6 +365,23 @@ def main(argv):
         result["datasets"].setdefault(batch["dataset"], entry)  # the largest bucket's
         print(describe(batch["dataset"], entry, chip), flush=True)
     print(json.dumps(result))
+
+
+def keep_only(config, names: list[str]) -> None:
+    """Drops the config's datasets not in ``names`` (all kept when empty); unknown names are an
+    error naming the known ones."""
+    if not names:
+        return
+    known = list(config.data.datasets)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise app.UsageError(
+            f"--datasets {','.join(unknown)}: not in the config ({', '.join(known)})"
+        )
+    with config.unlocked():
+        for name in known:
+            if name not in names:
+                del config.data.datasets[name]
 
 
 def describe(name: str, entry: dict, chip: Chip | None) -> str:
