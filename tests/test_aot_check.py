@@ -6,8 +6,13 @@ import os
 import re
 import subprocess
 import sys
+import types
 
+from test_time_buckets import batches
 from test_train import REPO
+
+from ramen_jax.tools import aot_check as aot_tool
+from ramen_jax.training import precompile
 
 
 def aot_check(*args, env=None):
@@ -61,8 +66,36 @@ def test_datasets_flag_keeps_the_named_datasets_and_refuses_unknown_ones():
     assert "--datasets sentinel: not in the config (flairhub, mmearth, worldstrat)" in result.stderr
 
 
+def _shape_key(batch):
+    layout = batch["layout"]
+    return (
+        batch["dataset"],
+        layout["token_valid"].shape[0],
+        layout["ts_token"].shape[0],
+        batch["pixels"]["s2"].shape[1],
+    )
+
+
+def test_all_shapes_are_the_step_shapes_a_run_compiles():
+    """``--all_shapes`` enumerates dataset x token bucket x time bucket as precompile does."""
+    step_batches = batches()  # a dataset with several token and time buckets
+    trainer = types.SimpleNamespace(
+        datasets=step_batches.datasets, model_config=types.SimpleNamespace(mask_ratio=0.75)
+    )
+    every = aot_tool.largest_batches(trainer, 0, every_time_bucket=True)
+    run = {_shape_key(b) for b in precompile.step_shapes(step_batches)}
+    assert len(run) > 2 and len(step_batches.datasets[0].time_buckets) > 1
+    assert sorted(map(_shape_key, every)) == sorted(run)  # each once
+    largest = aot_tool.largest_batches(trainer, 1)
+    assert [_shape_key(b) for b in largest] == [max(run, key=lambda k: (k[1], k[2], k[3]))]
+    for batch in every:
+        assert batch["time_slots"] == batch["pixels"]["s2"].shape[1]
+        assert batch["pixels"]["s2"].shape[0] == step_batches.datasets[0].global_batch
+
+
 DATASET_KEYS = {
     "tokens": int,
+    "time_slots": int,
     "attention": str,
     "peak_gib_per_chip": float,
     "est_step_s": (float, type(None)),
@@ -78,15 +111,23 @@ def test_debug_config_compiles_for_two_simulated_slices_and_ends_with_one_json_l
         "--topology=cpu:2",
         "--num_slices=2",
         "--config.mesh.fsdp=2",
+        "--all_shapes",  # one shape here: one token bucket, no time series
+        "--config.data.max_buckets_per_dataset=1",
         env={
             "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
             + " --xla_force_host_platform_device_count=4"
         },
     )
     assert "'data': 2, 'fsdp': 2" in out and "chunked attention" in out, out
-    assert re.search(r"bigearthnet\s+\d+ tokens, chunked attention: peak\s+[\d.]+ GiB", out), out
+    line = r"bigearthnet\s+\d+ tokens, 1 date slots, chunked attention: peak\s+[\d.]+ GiB"
+    assert re.search(line, out), out
     report = json.loads(out.splitlines()[-1])
-    assert set(report) == {"topology", "slices", "chips", "hbm_gib_per_chip", "datasets"}
+    assert set(report) == {
+        "topology", "slices", "chips", "hbm_gib_per_chip", "datasets", "shapes", "compile_s_total"
+    }  # fmt: skip
+    assert "1 of 1 step shapes compiled" in out
+    (shape,) = report["shapes"]
+    assert report["compile_s_total"] == shape["compile_s"] > 0
     assert (report["topology"], report["slices"], report["chips"]) == ("cpu:2", 2, 4)
     assert report["hbm_gib_per_chip"] is None  # no chip constants for a CPU
     entry = report["datasets"]["bigearthnet"]

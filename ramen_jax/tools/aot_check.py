@@ -23,12 +23,17 @@ by the data-centre network, the mesh's ``data`` axis spanning them) it reports, 
 
 The last line of the output is one JSON object for scripts::
 
-  {"topology", "slices", "chips", "hbm_gib_per_chip", "datasets": {NAME: {"tokens", "attention",
-   "peak_gib_per_chip", "est_step_s", "tokens_per_s_per_chip", "mfu_bound", "compile_s"}}}
+  {"topology", "slices", "chips", "hbm_gib_per_chip", "datasets": {NAME: {"tokens",
+   "time_slots", "attention", "peak_gib_per_chip", "est_step_s", "tokens_per_s_per_chip",
+   "mfu_bound", "compile_s"}}}
 
 with ``null`` for what could not be compiled or estimated and a ``"why"`` beside it.
-``tokens`` is the bucket's token slots per sample (all modalities, before masking);
-tokens/s/chip counts those slots for the whole global batch.
+``tokens`` is the bucket's token slots per sample (all modalities, before masking),
+``time_slots`` the date slots of its time series (the dataset's largest time bucket; the
+prepared data's date counts decide it, 16 assumed without data); tokens/s/chip counts the
+token slots for the whole global batch. ``--all_shapes`` compiles every step shape of the run
+(dataset x token bucket x time bucket, largest first) and adds ``"shapes"`` (one entry per
+shape: dataset, tokens, time_slots, peak_gib_per_chip, compile_s) and ``"compile_s_total"``.
 
 Topology names: ``v5e:4x4`` (16 chips), ``v5p:2x2x4``, ``v4:2x2x2``, ``v6e:2x2x2`` ... (the
 product of the dimensions is the chip count of one slice), or ``cpu:N``.
@@ -55,6 +60,12 @@ _NUM_SLICES = flags.DEFINE_integer(
 _COMPILE = flags.DEFINE_bool("compile", True, "Compile the train step where possible.")
 _BUCKETS = flags.DEFINE_integer(
     "buckets_per_dataset", 1, "Compile this many of each dataset's buckets, largest first."
+)
+_ALL_SHAPES = flags.DEFINE_bool(
+    "all_shapes",
+    False,
+    "Compile every step shape of the run (dataset x token bucket x time bucket) and report "
+    "each compile time and the total.",
 )
 _DATASETS = flags.DEFINE_list(
     "datasets", [], "Only these datasets of the config (default: all), e.g. mmearth,worldstrat."
@@ -138,8 +149,14 @@ def state_bytes_per_device(trainer) -> dict:
     }
 
 
-def largest_batches(trainer, per_dataset: int = 1) -> list[dict]:
-    """Host batches (shapes only) for each dataset's ``per_dataset`` largest token buckets."""
+def largest_batches(trainer, per_dataset: int = 1, every_time_bucket: bool = False) -> list[dict]:
+    """Host batches (shapes only) for each dataset's ``per_dataset`` largest token buckets
+    (0: all of them), each with its largest time bucket, or every time bucket with
+    ``every_time_bucket``: ``largest_batches(trainer, 0, True)`` is every step shape of the
+    run (dataset x token bucket x time bucket). A bucket's layout is that of a draw (GSD,
+    modalities) that lands in it, as the pipeline would build it."""
+    import itertools
+
     import jax
     import numpy as np
 
@@ -147,25 +164,35 @@ def largest_batches(trainer, per_dataset: int = 1) -> list[dict]:
 
     out = []
     for d in trainer.datasets:
-        buckets = sorted(d.buckets, key=lambda b: (b.tokens, b.series), reverse=True)
-        for bucket in buckets[:per_dataset]:
+        draws = {}  # bucket -> the first (gsd, modality names) that lands in it
+        for gsd in d.gsds:
+            for size in range(1, len(d.specs) + 1):
+                for kept in itertools.combinations(d.specs, size):
+                    names = [s.name for s in kept]
+                    draws.setdefault(d.bucket(names, gsd), (gsd, names))
+        buckets = sorted(draws, key=lambda b: (b.tokens, b.series), reverse=True)
+        times = sorted(d.time_buckets, reverse=True)
+        for bucket in buckets[: per_dataset or None]:
+            gsd, names = draws[bucket]
             layout = build_layout(
                 d.specs,
-                [s.name for s in d.specs],
-                min(d.gsds),
+                names,
+                gsd,
                 grid_pad=d.grid_pad,
-                token_bucket=max(bucket.tokens, 1),
+                token_bucket=bucket.tokens,
                 series_bucket=bucket.series,
+                mask_ratio=trainer.model_config.mask_ratio,
             )
-            batch = {"dataset": d.name, "layout": layout}
-            batch["pixels"], batch["dates"], batch["time_valid"] = {}, {}, {}
-            for s in d.specs:
-                rows, t = d.global_batch, s.max_time_steps
-                pixels = (rows, t, s.side, s.side, s.num_channels)
-                batch["pixels"][s.name] = jax.ShapeDtypeStruct(pixels, np.float32)
-                batch["dates"][s.name] = jax.ShapeDtypeStruct((rows, t), np.int32)
-                batch["time_valid"][s.name] = jax.ShapeDtypeStruct((rows, t), np.bool_)
-            out.append(batch)
+            for slots in times if every_time_bucket else times[:1]:
+                batch = {"dataset": d.name, "layout": layout, "time_slots": slots}
+                batch["pixels"], batch["dates"], batch["time_valid"] = {}, {}, {}
+                for s in d.specs:
+                    rows, t = d.global_batch, (slots if s.time_series else 1)
+                    pixels = (rows, t, s.side, s.side, s.num_channels)
+                    batch["pixels"][s.name] = jax.ShapeDtypeStruct(pixels, np.float32)
+                    batch["dates"][s.name] = jax.ShapeDtypeStruct((rows, t), np.int32)
+                    batch["time_valid"][s.name] = jax.ShapeDtypeStruct((rows, t), np.bool_)
+                out.append(batch)
     return out
 
 
@@ -274,7 +301,7 @@ def failure_reason(error: Exception) -> str:
 def dataset_report(trainer, batch, chip: Chip | None, attention: str, chips: int) -> dict:
     tokens = int(batch["layout"]["token_valid"].shape[0])
     rows = next(iter(batch["pixels"].values())).shape[0]
-    entry = {"tokens": tokens, "attention": attention}
+    entry = {"tokens": tokens, "time_slots": batch["time_slots"], "attention": attention}
     empty = dict.fromkeys(("est_step_s", "tokens_per_s_per_chip", "mfu_bound"))
     try:
         compiled, seconds, kernel_flops = compile_step(trainer, batch)
@@ -349,6 +376,7 @@ def main(argv):
             tokens = max(b.tokens for b in d.buckets)
             result["datasets"][d.name] = {
                 "tokens": tokens,
+                "time_slots": max(d.time_buckets),
                 "attention": config.model.attention_impl,
             }
             result["datasets"][d.name].update(
@@ -360,10 +388,26 @@ def main(argv):
             )
         print(json.dumps(result))
         return
-    for batch in largest_batches(trainer, _BUCKETS.value):
+    every = _ALL_SHAPES.value
+    batches = largest_batches(trainer, 0 if every else _BUCKETS.value, every_time_bucket=every)
+    shapes = []
+    for i, batch in enumerate(batches):
         entry = dataset_report(trainer, batch, chip, config.model.attention_impl, chips)
         result["datasets"].setdefault(batch["dataset"], entry)  # the largest bucket's
-        print(describe(batch["dataset"], entry, chip), flush=True)
+        shapes.append({"dataset": batch["dataset"], **entry})
+        progress = f" [{i + 1}/{len(batches)}]" if every else ""
+        print(describe(batch["dataset"], entry, chip) + progress, flush=True)
+    if every:
+        seconds = [e["compile_s"] for e in shapes if e["compile_s"] is not None]
+        result["shapes"] = [
+            {k: e[k] for k in ("dataset", "tokens", "time_slots", "peak_gib_per_chip", "compile_s")}
+            for e in shapes
+        ]
+        result["compile_s_total"] = sum(seconds)
+        print(
+            f"{len(seconds)} of {len(shapes)} step shapes compiled in {sum(seconds):.0f} s "
+            f"(per shape {min(seconds, default=0):.0f}-{max(seconds, default=0):.0f} s)"
+        )
     print(json.dumps(result))
 
 
@@ -385,7 +429,10 @@ def keep_only(config, names: list[str]) -> None:
 
 
 def describe(name: str, entry: dict, chip: Chip | None) -> str:
-    line = f"  {name:<12} {entry['tokens']:6d} tokens, {entry['attention']} attention:"
+    line = (
+        f"  {name:<12} {entry['tokens']:6d} tokens, {entry['time_slots']} date slots, "
+        f"{entry['attention']} attention:"
+    )
     if entry["peak_gib_per_chip"] is None:
         return f"{line} not compiled: {entry['why']}"
     line += f" peak {entry['peak_gib_per_chip']:8.3f} GiB per chip"
