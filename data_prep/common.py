@@ -669,17 +669,19 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-examples",
-        type=int,
+        type=cli.positive_int,
         default=None,
         help="convert at most about this many examples per split (a quick trial run)",
     )
     parser.add_argument(
         "--chunk-size",
-        type=int,
+        type=cli.positive_int,
         default=None,
         help="source items per chunk; each chunk is one shard and one unit of resuming",
     )
-    parser.add_argument("--workers", type=int, default=1, help="chunks built in parallel")
+    parser.add_argument(
+        "--workers", type=cli.positive_int, default=1, help="chunks built in parallel"
+    )
     parser.add_argument(
         "--stats",
         choices=statistics.METHODS,

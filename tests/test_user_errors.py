@@ -177,6 +177,18 @@ def test_worldstrat_run_that_keeps_nothing_fails(tmp_path, capsys):
     assert not (out / "dataset_info.json").exists() and not list(out.glob("*array_record*"))
 
 
+@pytest.mark.parametrize("flag", ["--chunk-size=0", "--workers=0", "--max-examples=0"])
+def test_data_prep_counts_below_one_are_one_line(tmp_path, capsys, flag):
+    """These used to run with the default (0 read as unset) or end in "the splits list no
+    source items"."""
+    out = tmp_path / "out"
+    argv = ["--src", tmp_path, "--out", out, flag]
+    status = call(worldstrat.main, argv)
+    assert status == 2 and f"{flag.split('=')[0]}: 0 is not >= 1" in assert_one_line_error(
+        capsys, status, out
+    )
+
+
 def test_data_prep_missing_source_is_one_line(tmp_path, capsys):
     out = tmp_path / "out"
     for main in (mmearth.main, worldstrat.main, flairhub.main):
