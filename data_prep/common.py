@@ -55,6 +55,7 @@ from tensorflow_datasets.core import splits as splits_lib
 
 from data_prep import statistics
 from data_prep.statistics import ChannelStats, PatchStats  # noqa: F401  (re-exported)
+from ramen_jax import cli
 
 VERSION = "1.0.0"
 STATS_FILE = "stats.json"
@@ -668,17 +669,19 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-examples",
-        type=int,
+        type=cli.positive_int,
         default=None,
         help="convert at most about this many examples per split (a quick trial run)",
     )
     parser.add_argument(
         "--chunk-size",
-        type=int,
+        type=cli.positive_int,
         default=None,
         help="source items per chunk; each chunk is one shard and one unit of resuming",
     )
-    parser.add_argument("--workers", type=int, default=1, help="chunks built in parallel")
+    parser.add_argument(
+        "--workers", type=cli.positive_int, default=1, help="chunks built in parallel"
+    )
     parser.add_argument(
         "--stats",
         choices=statistics.METHODS,
@@ -689,7 +692,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(builder_class, make_source, splits_of, args: argparse.Namespace) -> int:
-    """Runs a converter CLI; returns the process exit status."""
+    """Runs a converter CLI; returns the process exit status. A run that cannot start, stops on
+    a source error or writes no example ends with one ``error: ...`` line on stderr and status
+    1, as every command line of the project reports a user's mistake (``ramen_jax.cli``)."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
     )
@@ -697,8 +702,7 @@ def run(builder_class, make_source, splits_of, args: argparse.Namespace) -> int:
     try:
         source = make_source(args)
     except (SourceError, OSError, ValueError) as error:
-        log.error("cannot read the source index under %s: %s", args.src, error)
-        return 1
+        return cli.report(f"cannot read the source index under {args.src}: {error}")
     try:
         convert(
             builder_class,
@@ -712,9 +716,7 @@ def run(builder_class, make_source, splits_of, args: argparse.Namespace) -> int:
             stats_method=args.stats,
         )
     except SourceError as error:
-        log.error("stopped on a source error (rerun to resume): %s", error)
-        return 1
+        return cli.report(f"stopped on a source error (rerun to resume): {error}")
     except EmptyDatasetError as error:
-        log.error("%s", error)
-        return 1
+        return cli.report(error)
     return 0

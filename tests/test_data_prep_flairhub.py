@@ -155,14 +155,15 @@ def test_statistics_cover_train_only_and_skip_missing_modalities(converted):
     assert stats["s1_des"]["count"] == 1 and stats["aerial"]["count"] == 2
 
 
-def test_missing_file_stops_or_is_skipped(converted, tmp_path, caplog):
+def test_missing_file_stops_or_is_skipped(converted, tmp_path, caplog, capsys):
     src = converted[0]
     rows = (src / "TRAIN.csv").read_text().splitlines()
     broken = rows[2].replace("DEM_ELEV_FF-S1-14_5-6.tif", "DEM_ELEV_FF-S1-14_9-9.tif")
     (src / "BROKEN.csv").write_text("\n".join([rows[0], rows[1], broken]) + "\n")
     missing = src / "D006-2020_DEM_ELEV/FF-S1-14/D006-2020_DEM_ELEV_FF-S1-14_9-9.tif"
     assert convert(src, tmp_path / "stop", splits=["train=BROKEN.csv"]) == 1
-    assert str(missing) in caplog.text
+    (line,) = capsys.readouterr().err.splitlines()  # one line, as every command's mistakes
+    assert line.startswith("error: stopped on a source error") and str(missing) in line
     caplog.clear()
     assert convert(src, tmp_path / "skip", "--on-error", "skip", splits=["train=BROKEN.csv"]) == 0
     assert str(missing) in caplog.text
@@ -245,11 +246,11 @@ def test_sentinel_dates_alone_are_enough_as_for_ignfs_loader(converted, tmp_path
     assert "no aerial date GeoPackage under" in caplog.text
 
 
-def test_missing_sentinel_dates_stop_at_start_naming_the_file(converted, tmp_path, caplog):
+def test_missing_sentinel_dates_stop_at_start_naming_the_file(converted, tmp_path, capsys):
     src = converted[0]
     standins.write_flairhub_dates(tmp_path / "mtd", {"aerial": DATE_TABLES["aerial"]})
     assert convert(src, tmp_path / "out", "--metadata-dir", str(tmp_path / "mtd")) == 1
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    errors = capsys.readouterr().err.splitlines()
     expected = tmp_path / "mtd" / "GLOBAL_ALL_MTD" / "GLOBAL_SENTINEL2_MTD_DATES.gpkg"
-    assert len(errors) == 1 and f"{expected}: missing" in errors[0]
-    assert "--dates-file s2=GPKG" in errors[0]
+    assert len(errors) == 1 and errors[0].startswith("error: ")
+    assert f"{expected}: missing" in errors[0] and "--dates-file s2=GPKG" in errors[0]

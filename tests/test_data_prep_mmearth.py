@@ -143,14 +143,15 @@ def corrupt_row(path, dataset, row):
         file.write(b"\xff" * chunk.size)
 
 
-def test_corrupt_row_stops_or_is_skipped(tmp_path, caplog):
+def test_corrupt_row_stops_or_is_skipped(tmp_path, caplog, capsys):
     path, _ = write_mmearth(tmp_path)
     corrupt_row(path, "sentinel2", 5)
     split_file = tmp_path / "splits.json"
     split_file.write_text(json.dumps({"train": list(range(ROWS))}))
     args = ("--split-file", str(split_file), "--splits", "train")
     assert convert(tmp_path, tmp_path / "stop", *args) == 1
-    assert f"{path} row 5" in caplog.text
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: stopped on a source error") and f"{path} row 5" in line
     assert not (tmp_path / "stop" / "dataset_info.json").exists()
     caplog.clear()
     assert convert(tmp_path, tmp_path / "skip", *args, "--on-error", "skip") == 0

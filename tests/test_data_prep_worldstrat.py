@@ -116,7 +116,7 @@ def test_statistics_cover_the_train_tiles(converted):
     assert stats["spot"]["count"] == 16 and set(stats) == {"spot", "s2"}
 
 
-def test_bad_sources_stop_or_are_skipped(tmp_path, caplog):
+def test_bad_sources_stop_or_are_skipped(tmp_path, caplog, capsys):
     write_worldstrat(tmp_path)
     corrupt = (
         tmp_path
@@ -127,7 +127,8 @@ def test_bad_sources_stop_or_are_skipped(tmp_path, caplog):
     )
     corrupt.write_bytes(b"II*\x00 truncated")  # a present but unreadable revisit is an error
     assert worldstrat.main(["--src", str(tmp_path), "--out", str(tmp_path / "stop")]) == 1
-    assert str(corrupt) in caplog.text
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: stopped on a source error") and str(corrupt) in line
     small = tmp_path / "hr_dataset" / "UNHCR-SSDs008823" / "UNHCR-SSDs008823_ps.tiff"
     standins.write_geotiff(small, np.zeros((4, 1000, 1000), np.uint16), 1.5, standins.UTM_33N)
     caplog.clear()
@@ -201,7 +202,7 @@ def test_an_aoi_in_several_splits_stays_in_the_first_held_out_split(tmp_path):
     }
 
 
-def test_listed_revisits_without_files_are_skipped_and_counted(tmp_path, caplog):
+def test_listed_revisits_without_files_are_skipped_and_counted(tmp_path, caplog, capsys):
     """metadata.csv lists 5 revisits per AOI, 3 are shipped; Landcover-1 ships none."""
     caplog.set_level(logging.INFO, logger="data_prep")
     write_worldstrat(tmp_path)
@@ -237,11 +238,11 @@ def test_listed_revisits_without_files_are_skipped_and_counted(tmp_path, caplog)
         )
         == 1
     )
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1 and str(no_revisits) in errors[0]
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: ") and str(no_revisits) in errors[0]
 
 
-def test_skip_run_that_keeps_no_aoi_fails_without_finishing(tmp_path, caplog):
+def test_skip_run_that_keeps_no_aoi_fails_without_finishing(tmp_path, capsys):
     write_worldstrat(tmp_path)
     no_revisits = tmp_path / "lr_dataset" / "Landcover-1" / "L2A"
     for path in no_revisits.iterdir():
@@ -250,7 +251,7 @@ def test_skip_run_that_keeps_no_aoi_fails_without_finishing(tmp_path, caplog):
     args = ["--src", str(tmp_path), "--out", str(out), "--on-error", "skip", "--splits", "test"]
     assert worldstrat.main(args) == 1
     assert not (out / "dataset_info.json").exists() and not list(out.glob("*array_record*"))
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1
+    errors = capsys.readouterr().err.splitlines()  # the skip warnings are log records
+    assert len(errors) == 1 and errors[0].startswith("error: ")
     assert "no examples written, all 1 source items were skipped" in errors[0]
     assert str(no_revisits) in errors[0]

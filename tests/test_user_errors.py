@@ -1,7 +1,7 @@
 """Every command line meets a user's mistake with one clear line, before any work or output.
 
 Each bad input below must end with a non-zero exit status, exactly one line on stderr (the
-``error: ...`` line; data_prep's one ``ERROR`` log line), no traceback, and nothing written
+``error: ...`` line, data_prep's converters included), no traceback, and nothing written
 where the outputs would go. Most cases call the command's ``main(argv)`` in this process (a
 subprocess costs seconds of JAX import each); a handful run the real ``python -m`` command,
 whose flag parsing and interpreter teardown are part of the contract. Good inputs next to the
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from test_encode import save_encoder, write_tif
 
-from data_prep import mmearth, standins, worldstrat
+from data_prep import flairhub, mmearth, standins, worldstrat
 from ramen_jax.convert import cli as convert_cli
 from ramen_jax.encode import __main__ as encode_cli
 from ramen_jax.evaluate import __main__ as evaluate_cli
@@ -161,17 +161,42 @@ def test_convert_bad_input(files, tmp_path, capsys):
     assert "from-tensorflow" in assert_one_line_error(capsys, call(convert_cli.main, unknown), out)
 
 
-def test_worldstrat_run_that_keeps_nothing_fails(tmp_path, caplog):
+def test_worldstrat_run_that_keeps_nothing_fails(tmp_path, capsys):
     src = tmp_path / "src"
     standins.worldstrat_standin(src)
     for path in (src / "lr_dataset").rglob("*.tif*"):
         path.unlink()  # every item bad
     out = tmp_path / "out"
     argv = ["--src", src, "--out", out, "--on-error", "skip"]
-    assert worldstrat.main([str(a) for a in argv]) == 1
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1 and "no examples written" in errors[0]
+    status = worldstrat.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    errors = captured.err.strip().splitlines()  # the skip warnings are log records
+    assert status == 1 and "Traceback" not in captured.err + captured.out
+    assert len(errors) == 1 and errors[0].startswith("error: ")
+    assert "no examples written" in errors[0]
     assert not (out / "dataset_info.json").exists() and not list(out.glob("*array_record*"))
+
+
+@pytest.mark.parametrize("flag", ["--chunk-size=0", "--workers=0", "--max-examples=0"])
+def test_data_prep_counts_below_one_are_one_line(tmp_path, capsys, flag):
+    """These used to run with the default (0 read as unset) or end in "the splits list no
+    source items"."""
+    out = tmp_path / "out"
+    argv = ["--src", tmp_path, "--out", out, flag]
+    status = call(worldstrat.main, argv)
+    assert status == 2 and f"{flag.split('=')[0]}: 0 is not >= 1" in assert_one_line_error(
+        capsys, status, out
+    )
+
+
+def test_data_prep_missing_source_is_one_line(tmp_path, capsys):
+    out = tmp_path / "out"
+    for main in (mmearth.main, worldstrat.main, flairhub.main):
+        argv = ["--src", tmp_path / "missing", "--out", out]
+        if main is flairhub.main:
+            argv += ["--split-file", f"train={tmp_path / 'missing' / 'TRAIN.csv'}"]
+        line = assert_one_line_error(capsys, call(main, argv), out)
+        assert line.startswith("error: cannot read the source index under") and "missing" in line
 
 
 def test_mmearth_bad_flag_is_one_line(tmp_path, capsys):
@@ -263,6 +288,7 @@ def test_real_command_bad_input(files, tmp_path, case):
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr and words in lines[0], lines
+    assert lines[0].startswith("error: "), lines
     assert not wd.exists()
 
 

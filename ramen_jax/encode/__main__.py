@@ -108,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overlap",
         type=cli.non_negative_int,
-        help="tile overlap in output pixels (default tile/4)",
+        help="tile overlap in output pixels (default tile/4; with a coarse lattice unit u, tiles "
+        "of 3u overlapping by 2u: docs/encode.md)",
     )
     p.add_argument(
         "--stats",
