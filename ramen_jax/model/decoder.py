@@ -126,7 +126,7 @@ class Decoder(nnx.Module):
         x = series[:, :, None, :] + code.astype(series.dtype)
         steps = x.shape[2]
         attend = time_valid | ((jnp.arange(steps) == 0) & ~jnp.any(time_valid, -1, keepdims=True))
-        x = self.temporal_block(x, attend)
+        x = run_blocks([self.temporal_block], x, attend, self.remat)  # remat: as the others
         return self.temporal_norm(x)
 
     def channel_maps(self, specs: Sequence[sensors.ModalitySpec], scales):
