@@ -6,8 +6,9 @@ Datasets are read from ``data_prep`` outputs (``--config.data.datasets.mmearth.s
 Variants: ``configs/base.py:debug`` keeps this file's training setup but shrinks the model and
 reads the bundled demo data, so it runs on a 2-core CPU; ``configs/base.py:cpu_step`` keeps the
 full ViT-B model on the demo data (one real step on CPU, for checks); ``:tiny`` and ``:small``
-keep everything but use ViT-Ti / ViT-S sized models (see ``MODEL_SIZES``). Any field can be
-overridden with ``--config.a.b=value``.
+keep everything but use ViT-Ti / ViT-S sized models (see ``MODEL_SIZES``); ``:v6e`` and
+``:v5e`` keep the recipe and set the memory knobs that fit those TPU chips
+(``CHIP_MEMORY_KNOBS``). Any field can be overridden with ``--config.a.b=value``.
 
 Facts from the original setup (docs/training.md has the recipe table, with each value's file
 in the original repository): AdamW lr 1.5e-4, weight decay 0.05, betas (0.9, 0.999), clip 1.0;
@@ -155,6 +156,18 @@ MODEL_SIZES = {
 }
 
 
+# Chips with less memory than the paper's 80 GB GPUs (``configs/base.py:v6e`` / ``:v5e``): the
+# same recipe, global batches included, with the memory knobs that make the largest step of
+# every dataset fit with at least 15% of the chip's memory to spare, as compiled ahead of time
+# for v6e:2x2x2 and v5e:4x4 (docs/scaling.md has the measurements). Gradient accumulation
+# splits each global batch into micro-batches (BatchNorm statistics are then per micro-batch);
+# rematerialisation recomputes each block's activations in the backward pass.
+CHIP_MEMORY_KNOBS = {
+    "v6e": {"optim.grad_accum": 2},
+    "v5e": {"optim.grad_accum": 2, "model.remat": True},
+}
+
+
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -174,10 +187,13 @@ def get_config(arg=None):
             "mask_ratio": 0.75,
             "block_norm_eps": 1e-6,
             "ltae_attention_dropout": 0.1,
-            # "" = einsum on CPU, jax.nn.dot_product_attention's choice elsewhere;
-            # "xla" / "cudnn" / "einsum" force one (docs/performance.md).
+            # "" = the default of the mesh's platform: splash (Pallas kernel) on TPU, cudnn on
+            # GPU, chunked einsum on CPU; "xla" / "cudnn" / "einsum" / "chunked" / "splash"
+            # force one (ramen_jax/model/attention.py, docs/performance.md).
             "attention_impl": "",
             "dtype": "bfloat16",
+            # Recompute every transformer block's activations (encoder, decoder, the decoder's
+            # attention over dates) in the backward pass instead of storing them.
             "remat": False,
             "scan_layers": False,
         }
@@ -291,6 +307,10 @@ def get_config(arg=None):
         c.log_every_steps, c.preview_every_steps = 1, 0
     elif arg in MODEL_SIZES:
         c.model.update(MODEL_SIZES[arg])
+    elif arg in CHIP_MEMORY_KNOBS:
+        for field, value in CHIP_MEMORY_KNOBS[arg].items():
+            group, name = field.split(".")
+            c[group][name] = value
     elif arg:
-        raise ValueError(f"unknown variant {arg!r}; use debug, cpu_step, tiny or small")
+        raise ValueError(f"unknown variant {arg!r}; use debug, cpu_step, tiny, small, v6e or v5e")
     return c

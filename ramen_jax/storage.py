@@ -41,6 +41,35 @@ def is_remote(path) -> bool:
     return "://" in os.fspath(path)
 
 
+class MissingStorePackage(RuntimeError):
+    """A URL whose object store needs an fsspec package that is not installed."""
+
+
+# The project's install extra that brings a store's fsspec package (pyproject.toml).
+STORE_EXTRAS = {"gs": "gcs", "gcs": "gcs"}
+
+
+def require_store(path) -> None:
+    """Raises ``MissingStorePackage`` (one line: the URL, the package, the install command)
+    when ``path`` is a URL whose store cannot be reached from this install, e.g. ``gs://``
+    without gcsfs; before any work, instead of an ImportError deep inside the first write."""
+    if not is_remote(path):
+        return
+    import fsspec
+
+    scheme = os.fspath(path).split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except ImportError as error:
+        extra = STORE_EXTRAS.get(scheme)
+        hint = f'; pip install "ramen-jax[{extra}]"' if extra else ""
+        raise MissingStorePackage(f"{os.fspath(path)}: {error}{hint}") from None
+    except ValueError:
+        raise MissingStorePackage(
+            f"{os.fspath(path)}: no file system for {scheme}:// (a local path, or gs://...)"
+        ) from None
+
+
 def as_path(path) -> epath.Path:
     """An ``epath.Path`` of a local path or URL. Give strings, not ``pathlib.Path``: pathlib
     turns ``gs://b/x`` into ``gs:/b/x``."""

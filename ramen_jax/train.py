@@ -16,7 +16,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ramen_jax import cli, logs
+from ramen_jax import cli, logs, storage
 from ramen_jax.training import config_checks
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/base.py.")
@@ -60,6 +60,11 @@ def parse_flags(argv: list[str]) -> list[str]:
         config_checks.check_config(_CONFIG.value)
     except config_checks.ConfigError as e:
         sys.exit(cli.report(e, e.exit_code))
+    try:
+        for path in config_checks.paths_of(_CONFIG.value, _WORKDIR.value):
+            storage.require_store(path)
+    except storage.MissingStorePackage as e:
+        sys.exit(cli.report(e))
     return rest
 
 

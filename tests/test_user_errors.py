@@ -214,7 +214,16 @@ CONFIG_CASES = {
     "zero_batch": ("data.datasets.bigearthnet.per_device_batch", 0, "per_device_batch=0"),
     "zero_gsd": ("data.datasets.bigearthnet.effective_gsds", [0.0], "GSD 0.0 m"),
     "micrometres": ("data.datasets.bigearthnet.modalities.s2_10m.channels", [0.49], "'0.49'"),
+    "accum_splits_no_batch": ("optim.grad_accum", 3, "a multiple of optim.grad_accum=3"),
 }
+
+
+@pytest.mark.parametrize("variant", ["", "debug", "cpu_step", "tiny", "small", "v6e", "v5e"])
+def test_every_variant_of_the_paper_config_passes_the_checks(variant):
+    from configs import base
+    from ramen_jax.training import config_checks
+
+    config_checks.check_config(base.get_config(variant))
 
 
 @pytest.mark.parametrize("case", sorted(CONFIG_CASES))
@@ -264,6 +273,21 @@ SUBPROCESS_CASES = {
         + ["--input", "s2={files}/s2.tif", "--channels", "s2=490,560,665,842"],
         "GSD nan m",
     ),
+    "train_unknown_store": (
+        ["ramen_jax.train", "--config", DEMO, "--workdir", "s4://bucket/run"],
+        "no file system for s4://",
+    ),
+    "train_cache_in_unknown_store": (
+        [
+            "ramen_jax.train",
+            "--config",
+            DEMO,
+            "--workdir",
+            "{wd}",
+            "--config.compilation_cache_dir=hdfs2://cluster/cache",
+        ],
+        "hdfs2://cluster/cache: no file system for hdfs2://",
+    ),  # fmt: skip
     "data_bench_without_config": (["ramen_jax.data.bench", "--batches", "2"], "--config"),
     "bench_missing_config": (
         ["ramen_jax.bench", "--config", "missing.py"],
@@ -312,3 +336,36 @@ def test_encode_that_fails_while_writing_leaves_no_outputs(files, tmp_path, caps
     )
     assert "No space left" in line and len(written) == 4
     assert os.listdir(tmp_path) == []  # no staging directory left either
+
+
+def test_bucket_workdir_without_gcsfs_is_one_line_naming_the_install(tmp_path):
+    """gs:// needs gcsfs (the ``gcs`` extra): without it the run stops before any work with
+    the install command, not fsspec's ImportError from inside the first checkpoint write."""
+    code = (
+        "import runpy, sys; sys.modules['gcsfs'] = None; "  # as if gcsfs were not installed
+        f"sys.argv = ['train', '--config', {DEMO!r}, '--workdir', 'gs://bucket/run']; "
+        "runpy.run_module('ramen_jax.train', run_name='__main__')"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0] == (
+        "error: gs://bucket/run: Please install gcsfs to access Google Storage; "
+        'pip install "ramen-jax[gcs]"'
+    )
+
+
+def test_the_store_check_covers_every_place_a_run_reads_or_writes():
+    from configs import base
+    from ramen_jax.training import config_checks
+
+    config = base.get_config()
+    config.compilation_cache_dir = "gs://b/cache"
+    config.init_from = "gs://b/start"
+    config.data.datasets.mmearth.source.norm_path = "gs://b/norm"
+    paths = config_checks.paths_of(config, "gs://b/run")
+    assert paths[0] == "gs://b/run" and {"gs://b/cache", "gs://b/start", "gs://b/norm"} < set(paths)
+    assert {"data/flairhub", "data/mmearth", "data/worldstrat"} < set(paths)

@@ -44,9 +44,15 @@ def check_config(config) -> None:
     for name in ("start_lr", "end_lr", "weight_decay"):
         _check(config, f"optim.{name}", lambda v: v >= 0, ">= 0", required=False)
     _check(config, "optim.clip", lambda v: v >= 0, ">= 0 (0: no clipping)", required=False)
+    _check(config, "optim.grad_accum", lambda v: v >= 1 and v == int(v), "a whole number >= 1",
+           required=False)  # fmt: skip
+    accum = int(config.optim.get("grad_accum", 1))
     for name, dataset in config.data.datasets.items():
         where = f"data.datasets.{name}"
         _check(config, f"{where}.per_device_batch", lambda v: v >= 1, ">= 1")
+        _check(config, f"{where}.per_device_batch", lambda v: v % accum == 0,
+               f"a multiple of optim.grad_accum={accum} (each device splits its rows into "
+               f"{accum} micro-batches)")  # fmt: skip
         for gsd in dataset.get("effective_gsds", []):
             try:
                 sensors.check_gsd(gsd, f"config {where}.effective_gsds")
@@ -57,3 +63,18 @@ def check_config(config) -> None:
                 sensors.modality_from_dict(modality, fields)
             except (sensors.ModalityError, TypeError, ValueError) as e:
                 raise ConfigError(f"config {where}.modalities.{modality}: {e}") from None
+
+
+def paths_of(config, workdir: str | None) -> list[str]:
+    """The places a run reads or writes: the workdir, each dataset's source, the compilation
+    cache (when set), the checkpoint a run starts from (when set)."""
+    paths = [workdir] if workdir else []
+    for dataset in config.data.datasets.values():
+        source = dataset.get("source", {})
+        paths += [source[k] for k in ("path", "norm_path") if source.get(k)]
+    cache = config.get("compilation_cache_dir", "")
+    if cache and cache != "off":
+        paths.append(cache)
+    if config.get("init_from"):
+        paths.append(config.init_from)
+    return [str(p) for p in paths]
