@@ -11,6 +11,7 @@ import pytest
 from ramen_jax.convert import mapping
 from ramen_jax.data.layout import build_layout
 from ramen_jax.model import attention as attention_lib
+from ramen_jax.model import decoder as decoder_lib
 from ramen_jax.model import state as state_lib
 from ramen_jax.model.reference import original_order_recon
 from ramen_jax.training import step as step_lib
@@ -115,14 +116,17 @@ def test_remat_scan_and_chunked_attention_compute_the_original_loss_and_gradient
 ):
     """float64: the memory/compile-time options change how the step is computed, not what.
     Chunked attention runs on blocks of 7 queries here (the fixture has a few dozen tokens),
-    the last one padded."""
+    the last one padded; under remat the decoder's attention over dates runs 5 of the 128
+    time-series tokens at a time, the last chunk padded."""
     monkeypatch.setattr(attention_lib, "ATTENTION_CHUNK", 7)
+    monkeypatch.setattr(decoder_lib, "TEMPORAL_CHUNK_TOKENS", 5)  # with remat: several chunks
     case = next(c for c in pc.cases("mae") if c["kind"] == "mae_train")
     arrays = pc.load(case["file"])
     with jax.enable_x64(True):
         model = pc.build(jnp.float64, **options)
         specs, batch = pc.batch(case, np.float64)
         assert batch["layout"]["token_valid"].shape[0] > 2 * attention_lib.ATTENTION_CHUNK
+        assert batch["layout"]["ts_token"].shape[0] > 2 * decoder_lib.TEMPORAL_CHUNK_TOKENS
         overrides = pc.f64_overrides(case, specs, batch["layout"])
         graphdef, params, stats = state_lib.split_model(model)
         noise = jnp.asarray(arrays["mask_noise"], jnp.float64)

@@ -21,9 +21,14 @@ from flax import nnx
 from ramen_jax import sensors
 from ramen_jax.model import tokens as tok
 from ramen_jax.model.encodings import day_of_year_code, grid_position_code
-from ramen_jax.model.layers import Block, Dense, LayerNorm, run_blocks
+from ramen_jax.model.layers import Block, Dense, LayerNorm, run_blocks, run_per_token_in_chunks
 from ramen_jax.model.projectors import build_projectors, projection_matrix
 from ramen_jax.model.resampler import ScaleResampler
+
+# Under ``remat`` the attention over dates runs this many tokens at a time: its activations
+# are B x N x T x Dd and its scores B x N x heads x T x T, FLAIR-HUB's largest per-chip buffers
+# (docs/scaling.md).
+TEMPORAL_CHUNK_TOKENS = 256
 
 
 class Decoder(nnx.Module):
@@ -126,7 +131,10 @@ class Decoder(nnx.Module):
         x = series[:, :, None, :] + code.astype(series.dtype)
         steps = x.shape[2]
         attend = time_valid | ((jnp.arange(steps) == 0) & ~jnp.any(time_valid, -1, keepdims=True))
-        x = run_blocks([self.temporal_block], x, attend, self.remat)  # remat: as the others
+        if self.remat:  # recomputed in the backward pass, one chunk of tokens at a time
+            x = run_per_token_in_chunks(self.temporal_block, x, attend, TEMPORAL_CHUNK_TOKENS)
+        else:
+            x = self.temporal_block(x, attend)
         return self.temporal_norm(x)
 
     def channel_maps(self, specs: Sequence[sensors.ModalitySpec], scales):

@@ -276,3 +276,28 @@ def run_blocks(blocks, x, key_mask, remat: bool = False, scan: bool = False):
     for block in blocks:
         x = call(block, x, key_mask)
     return x
+
+
+def run_per_token_in_chunks(block, x, key_mask, chunk: int):
+    """``block`` on ``[B, N, T, D]`` (attention over the T axis only, so every token's series
+    is independent) ``chunk`` tokens at a time under ``jax.checkpoint``: the backward pass
+    recomputes one chunk at a time, so the block's ``B x N x T`` activations and ``T x T``
+    scores are held for one chunk, not all N tokens. The same function as ``block(x,
+    key_mask)``; padding tokens added to fill the last chunk are dropped."""
+    batch, tokens = x.shape[:2]
+    if tokens <= chunk:
+        return run_blocks([block], x, key_mask, remat=True)
+    count = -(-tokens // chunk)
+    fill = count * chunk - tokens
+    x = jnp.pad(x, [(0, 0), (0, fill)] + [(0, 0)] * (x.ndim - 2))
+    key_mask = jnp.pad(key_mask, [(0, 0), (0, fill), (0, 0)], constant_values=True)
+    graphdef, state = nnx.split(block)
+
+    def body(pair):
+        return nnx.merge(graphdef, state)(*pair)
+
+    def split(a):  # [B, count * chunk, ...] -> [count, B, chunk, ...]
+        return a.reshape(batch, count, chunk, *a.shape[2:]).swapaxes(0, 1)
+
+    out = jax.lax.map(jax.checkpoint(body), (split(x), split(key_mask)))
+    return out.swapaxes(0, 1).reshape(batch, count * chunk, *x.shape[2:])[:, :tokens]
