@@ -6,12 +6,10 @@ import os
 import re
 import subprocess
 import sys
-import types
 
 from test_time_buckets import batches
 from test_train import REPO
 
-from ramen_jax.tools import aot_check as aot_tool
 from ramen_jax.training import precompile
 
 
@@ -79,14 +77,12 @@ def _shape_key(batch):
 def test_all_shapes_are_the_step_shapes_a_run_compiles():
     """``--all_shapes`` enumerates dataset x token bucket x time bucket as precompile does."""
     step_batches = batches()  # a dataset with several token and time buckets
-    trainer = types.SimpleNamespace(
-        datasets=step_batches.datasets, model_config=types.SimpleNamespace(mask_ratio=0.75)
-    )
-    every = aot_tool.largest_batches(trainer, 0, every_time_bucket=True)
+    datasets = step_batches.datasets
+    every = precompile.largest_step_shapes(datasets, 0.75, 0, every_time_bucket=True)
     run = {_shape_key(b) for b in precompile.step_shapes(step_batches)}
     assert len(run) > 2 and len(step_batches.datasets[0].time_buckets) > 1
     assert sorted(map(_shape_key, every)) == sorted(run)  # each once
-    largest = aot_tool.largest_batches(trainer, 1)
+    largest = precompile.largest_step_shapes(datasets, 0.75, 1)
     assert [_shape_key(b) for b in largest] == [max(run, key=lambda k: (k[1], k[2], k[3]))]
     for batch in every:
         assert batch["time_slots"] == batch["pixels"]["s2"].shape[1]

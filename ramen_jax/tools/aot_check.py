@@ -149,53 +149,6 @@ def state_bytes_per_device(trainer) -> dict:
     }
 
 
-def largest_batches(trainer, per_dataset: int = 1, every_time_bucket: bool = False) -> list[dict]:
-    """Host batches (shapes only) for each dataset's ``per_dataset`` largest token buckets
-    (0: all of them), each with its largest time bucket, or every time bucket with
-    ``every_time_bucket``: ``largest_batches(trainer, 0, True)`` is every step shape of the
-    run (dataset x token bucket x time bucket). A bucket's layout is that of a draw (GSD,
-    modalities) that lands in it, as the pipeline would build it."""
-    import itertools
-
-    import jax
-    import numpy as np
-
-    from ramen_jax.data.layout import build_layout
-
-    out = []
-    for d in trainer.datasets:
-        draws = {}  # bucket -> the first (gsd, modality names) that lands in it
-        for gsd in d.gsds:
-            for size in range(1, len(d.specs) + 1):
-                for kept in itertools.combinations(d.specs, size):
-                    names = [s.name for s in kept]
-                    draws.setdefault(d.bucket(names, gsd), (gsd, names))
-        buckets = sorted(draws, key=lambda b: (b.tokens, b.series), reverse=True)
-        times = sorted(d.time_buckets, reverse=True)
-        for bucket in buckets[: per_dataset or None]:
-            gsd, names = draws[bucket]
-            layout = build_layout(
-                d.specs,
-                names,
-                gsd,
-                grid_pad=d.grid_pad,
-                token_bucket=bucket.tokens,
-                series_bucket=bucket.series,
-                mask_ratio=trainer.model_config.mask_ratio,
-            )
-            for slots in times if every_time_bucket else times[:1]:
-                batch = {"dataset": d.name, "layout": layout, "time_slots": slots}
-                batch["pixels"], batch["dates"], batch["time_valid"] = {}, {}, {}
-                for s in d.specs:
-                    rows, t = d.global_batch, (slots if s.time_series else 1)
-                    pixels = (rows, t, s.side, s.side, s.num_channels)
-                    batch["pixels"][s.name] = jax.ShapeDtypeStruct(pixels, np.float32)
-                    batch["dates"][s.name] = jax.ShapeDtypeStruct((rows, t), np.int32)
-                    batch["time_valid"][s.name] = jax.ShapeDtypeStruct((rows, t), np.bool_)
-                out.append(batch)
-    return out
-
-
 # Attention implementations that run as Pallas kernels: XLA's cost analysis sees a custom call
 # without FLOPs, so the tool adds theirs (``kernel_attention_flops``).
 KERNELS = ("splash",)
@@ -389,7 +342,14 @@ def main(argv):
         print(json.dumps(result))
         return
     every = _ALL_SHAPES.value
-    batches = largest_batches(trainer, 0 if every else _BUCKETS.value, every_time_bucket=every)
+    from ramen_jax.training.precompile import largest_step_shapes
+
+    batches = largest_step_shapes(
+        trainer.datasets,
+        trainer.model_config.mask_ratio,
+        0 if every else _BUCKETS.value,
+        every_time_bucket=every,
+    )
     shapes = []
     for i, batch in enumerate(batches):
         entry = dataset_report(trainer, batch, chip, config.model.attention_impl, chips)

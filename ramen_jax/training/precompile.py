@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from ramen_jax.data import pipeline
+from ramen_jax.data.layout import build_layout
 from ramen_jax.training import sharding
 
 CACHE_SUBDIR = "compilation_cache"
@@ -86,6 +87,42 @@ def step_shapes(batches: pipeline.StepBatches) -> list[dict]:
                                 "dataset": dataset.name,
                             }
     return list(found.values())
+
+
+def largest_step_shapes(
+    datasets, mask_ratio: float, per_dataset: int = 1, every_time_bucket: bool = False
+) -> list[dict]:
+    """Host batches (shapes only) for each dataset's ``per_dataset`` largest token buckets
+    (0: all of them), each with its largest time bucket, or every time bucket with
+    ``every_time_bucket``: ``largest_step_shapes(datasets, r, 0, True)`` is every step shape
+    of the run (dataset x token bucket x time bucket), the set ``step_shapes`` enumerates, with
+    global batches and no ``StepBatches`` (for ``ramen_jax.tools.aot_check``). A bucket's
+    layout is that of a draw (GSD, modalities) that lands in it, as the pipeline builds it."""
+    out = []
+    for d in datasets:
+        draws = {}  # bucket -> the first (gsd, modality names) that lands in it
+        for gsd in d.gsds:
+            for size in range(1, len(d.specs) + 1):
+                for kept in itertools.combinations(d.specs, size):
+                    names = [s.name for s in kept]
+                    draws.setdefault(d.bucket(names, gsd), (gsd, names))
+        buckets = sorted(draws, key=lambda b: (b.tokens, b.series), reverse=True)
+        times = sorted(d.time_buckets, reverse=True)
+        for bucket in buckets[: per_dataset or None]:
+            gsd, names = draws[bucket]
+            layout = build_layout(
+                d.specs,
+                names,
+                gsd,
+                grid_pad=d.grid_pad,
+                token_bucket=bucket.tokens,
+                series_bucket=bucket.series,
+                mask_ratio=mask_ratio,
+            )
+            for slots in times if every_time_bucket else times[:1]:
+                arrays = _host_arrays(d, d.global_batch, slots)
+                out.append({**arrays, "layout": layout, "dataset": d.name, "time_slots": slots})
+    return out
 
 
 def abstract_device_batch(host_batch: dict, global_batch: int, mesh, rules) -> dict:
