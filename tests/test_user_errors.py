@@ -369,3 +369,16 @@ def test_the_store_check_covers_every_place_a_run_reads_or_writes():
     paths = config_checks.paths_of(config, "gs://b/run")
     assert paths[0] == "gs://b/run" and {"gs://b/cache", "gs://b/start", "gs://b/norm"} < set(paths)
     assert {"data/flairhub", "data/mmearth", "data/worldstrat"} < set(paths)
+
+
+def test_chip_variants_set_fields_the_config_has():
+    """A misspelt knob would add a field nothing reads: each must name an existing one."""
+    from configs import base
+
+    plain = base.get_config()
+    for variant, knobs in base.CHIP_MEMORY_KNOBS.items():
+        config = base.get_config(variant)
+        for field, value in knobs.items():
+            group, name = field.split(".")
+            assert name in plain[group] and plain[group][name] != value, (variant, field)
+            assert config[group][name] == value
