@@ -1,6 +1,6 @@
 """The input-pipeline benchmark on the paper's mixed config (configs/base.py), on stand-ins.
 
-``python -m ramen_jax.data.bench`` runs once (40 batches) from an empty folder, so no
+``python -m ramen_jax.perf.data_bench`` runs once (40 batches) from an empty folder, so no
 ``source.path`` of the config exists and every dataset must be written as a stand-in in its
 published layout and converted. What it reports is then recounted independently: the same steps
 are drawn straight from ``StepBatches`` (no Grain iterator) and the padding is derived from the
@@ -21,7 +21,8 @@ import pytest
 
 from configs import base
 from ramen_jax import geometry
-from ramen_jax.data import bench, pipeline, temporal_dropout
+from ramen_jax.data import pipeline, temporal_dropout
+from ramen_jax.perf import pipeline_tally
 
 REPO = Path(__file__).resolve().parents[1]
 BATCHES = 40
@@ -35,7 +36,7 @@ def bench_run(tmp_path_factory):
     command = [
         sys.executable,
         "-m",
-        "ramen_jax.data.bench",
+        "ramen_jax.perf.data_bench",
         f"--config={REPO / 'configs' / 'base.py'}",
         f"--batches={BATCHES}",
         f"--workdir={workdir}",
@@ -182,7 +183,7 @@ def test_cache_is_reused_and_existing_data_is_read_as_real(bench_run):
     config = base.get_config()
     config.data.datasets.flairhub.source.path = result["per_dataset"]["flairhub"]["path"]
     out = io.StringIO()
-    again = bench.run_bench(config, 2, workdir, out=out)
+    again = pipeline_tally.run_bench(config, 2, workdir, out=out)
     assert {name: path.stat().st_mtime_ns for name, path in info.items()} == written
     assert out.getvalue().startswith(
         f"flairhub: real data, converted records at {result['per_dataset']['flairhub']['path']}"
@@ -197,5 +198,5 @@ def test_dataset_without_data_or_standin_stops_the_run(tmp_path):
     unknown.source.path = os.fspath(tmp_path / "absent")
     config = base.get_config()
     config.data.datasets = ml_collections.ConfigDict({"other": unknown})
-    with pytest.raises(bench.BenchError, match="other: no data at .*absent and no stand-in"):
-        bench.run_bench(config, 1, tmp_path, out=io.StringIO())
+    with pytest.raises(pipeline_tally.BenchError, match="other: no data at .*absent and no stand-in"):
+        pipeline_tally.run_bench(config, 1, tmp_path, out=io.StringIO())

@@ -23,7 +23,7 @@ default, chunked attention, is what keeps it in memory); shapes depend on the
 data config, not on the model width, the attention implementation or the batch size. On a small
 CPU, ``XLA_FLAGS=--xla_backend_optimization_level=0`` shortens compiling without changing which
 programs exist. Absent datasets run on ``data_prep`` stand-ins, as in
-``python -m ramen_jax.data.bench`` (it says so).
+``python -m ramen_jax.perf.data_bench`` (it says so).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from ramen_jax import cli
 from ramen_jax.data import data_location
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "Config file.")
@@ -151,7 +152,8 @@ def compile_check(
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        sys.exit(cli.report(f"unexpected arguments: {argv[1:]}", cli.USAGE_EXIT_CODE))
     config_flag = flags.FLAGS["config"]
     config_arg = config_flags.get_config_filename(config_flag)
     user = [f"--config.{k}={v}" for k, v in config_flags.get_override_values(config_flag).items()]
@@ -183,4 +185,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=lambda argv: cli.parse_absl_flags(argv, _CONFIG))
