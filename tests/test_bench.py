@@ -1,4 +1,5 @@
-"""``python -m ramen_jax.perf.step_bench``: the table and JSON a user reads, numbers that hang together."""
+"""``python -m ramen_jax.perf.step_bench``: the table and JSON a user reads, numbers that hang
+together."""
 
 import importlib.util
 import json

@@ -198,5 +198,6 @@ def test_dataset_without_data_or_standin_stops_the_run(tmp_path):
     unknown.source.path = os.fspath(tmp_path / "absent")
     config = base.get_config()
     config.data.datasets = ml_collections.ConfigDict({"other": unknown})
-    with pytest.raises(pipeline_tally.BenchError, match="other: no data at .*absent and no stand-in"):
+    match = "other: no data at .*absent and no stand-in"
+    with pytest.raises(pipeline_tally.BenchError, match=match):
         pipeline_tally.run_bench(config, 1, tmp_path, out=io.StringIO())
