@@ -9,7 +9,7 @@ of its GSD list with all modalities kept) it builds a batch with the case's real
 padding included) and random pixels (``ramen_jax.perf.synthetic``), compiles the jitted train
 step (timed), runs ``--warmup`` then ``--steps`` steps and reports what
 ``ramen_jax.perf.step_timing`` measures: the median step time, samples/s, valid tokens/s,
-analytic and XLA FLOPs, MFU, XLA's peak memory per device, the XLA programs built for the case
+analytic and XLA FLOPs, MFU, XLA's memory per device, the XLA programs built for the case
 (1: no recompiles while timing) and the token padding. ``--decoder_compare`` also times the
 decoder forward with the original's reconstruction order against ours. Options: ``--remat``,
 ``--scan_layers``, ``--dtype``, ``--attention`` (``xla``/``cudnn``/...). Any config field can
