@@ -15,7 +15,8 @@ from ramen_jax.perf import compiled as compiled_lib
 from ramen_jax.perf import synthetic
 from ramen_jax.training import precompile
 
-PERF = pathlib.Path(__file__).resolve().parents[1] / "ramen_jax" / "perf"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PERF = ROOT / "ramen_jax" / "perf"
 TOOLS = {"step_bench", "data_bench", "aot_check", "compile_check"}
 
 
@@ -32,24 +33,34 @@ def _flag_names(tree: ast.Module) -> list[str]:
     ]
 
 
-def test_only_the_tool_modules_define_flags_all_with_underscore_names():
+def _imported_modules(tree: ast.Module) -> set[str]:
+    """Dotted names of the modules a file imports (``from a import b`` counts ``a.b`` too)."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return out
+
+
+def test_only_the_tool_modules_define_flags_and_nothing_imports_them():
     """Two tool modules cannot be imported in one process (both define ``--config``), so what
-    a tool shares lives in plain modules that define no flag and import no tool module."""
+    a tool shares lives in plain modules that define no flag, and no module imports a tool."""
     defining = {}
     for path in PERF.glob("*.py"):
-        tree = ast.parse(path.read_text())
-        names = _flag_names(tree)
+        names = _flag_names(ast.parse(path.read_text()))
         if names:
             defining[path.stem] = names
-        if path.stem not in TOOLS:
-            imported = {
-                alias.name
-                for node in ast.walk(tree)
-                if isinstance(node, ast.ImportFrom) and node.module == "ramen_jax.perf"
-                for alias in node.names
-            }
-            assert not imported & TOOLS, (path.stem, imported & TOOLS)
     assert set(defining) == TOOLS
+    tools = {f"ramen_jax.perf.{tool}" for tool in TOOLS}
+    for path in [*ROOT.glob("ramen_jax/**/*.py"), *ROOT.glob("tests/*.py")]:
+        assert not _imported_modules(ast.parse(path.read_text())) & tools, path
+
+
+def test_tool_flags_have_underscore_names_and_share_names_for_shared_meanings():
+    defining = {p.stem: _flag_names(ast.parse(p.read_text())) for p in PERF.glob("*.py")}
+    defining = {tool: names for tool, names in defining.items() if names}
     for tool, names in defining.items():
         assert all(name.isidentifier() and name == name.lower() for name in names), (tool, names)
         assert "config" in names, tool

@@ -1,6 +1,7 @@
 """Every measurement tool of the project, one home and one flag style (absl, underscore names).
 
-Commands (each module holds only its flags, ``main`` and what it prints):
+Commands (only these modules define flags, and nothing imports them: two in one process would
+define ``--config`` twice):
 
 - ``python -m ramen_jax.perf.step_bench``: a training step's time, FLOPs, MFU, memory, compiles;
 - ``python -m ramen_jax.perf.data_bench``: the input pipeline's speed, padding and batch shapes;
