@@ -83,7 +83,7 @@ def dataset_report(trainer, batch, chip: Chip | None, attention: str, chips: int
     entry = {"tokens": tokens, "time_slots": batch["time_slots"], "attention": attention}
     empty = dict.fromkeys(("est_step_s", "tokens_per_s_per_chip", "mfu_bound"))
     try:
-        compiled, seconds, kernel_flops = topology_lib.compile_step(trainer, batch)
+        compiled, seconds, kernel_flops = topology_lib.compile_step(trainer, batch, rows)
     except Exception as error:  # e.g. XLA:TPU out of HBM: reported, the others still run
         return {**entry, "peak_gib_per_chip": None, **empty, "compile_s": None,
                 "why": topology_lib.failure_reason(error)}  # fmt: skip

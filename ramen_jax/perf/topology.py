@@ -118,12 +118,11 @@ def kernel_attention_flops(calls: list):
         attention_lib.attention = original
 
 
-def compile_step(trainer, batch):
-    """The train step for ``batch``'s shapes (global rows) compiled for the trainer's mesh, the
-    seconds it took, and the global FLOPs of its Pallas attention kernels
+def compile_step(trainer, batch, global_batch: int):
+    """The train step for ``batch``'s shapes (``global_batch`` rows) compiled for the trainer's
+    mesh, the seconds it took, and the global FLOPs of its Pallas attention kernels
     (``kernel_attention_flops``)."""
-    rows = next(iter(batch["pixels"].values())).shape[0]
-    args = precompile.abstract_device_batch(batch, rows, trainer.mesh, trainer.rules)
+    args = precompile.abstract_device_batch(batch, global_batch, trainer.mesh, trainer.rules)
     state = precompile.abstract_state(trainer)
     start, kernel_calls = time.perf_counter(), []
     with kernel_attention_flops(kernel_calls):
