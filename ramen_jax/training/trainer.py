@@ -180,7 +180,7 @@ class Trainer:
         self._steps = {}
         self._previews = {}
         self.compiled_signatures: set = set()
-        self.programs = programs.cache_for(config.get("program_map_limit"))
+        self.programs = programs.for_host(config.get("program_map_limit"))
 
     def init_state(self) -> step_lib.TrainState:
         """Fresh state, created directly with its shardings (jitted once per trainer)."""
