@@ -25,9 +25,7 @@ the original's experiment config; its shipped SLURM launcher passes ``max_epochs
 
 import ml_collections
 
-S2_L2A_10 = [490, 560, 665, 705, 740, 783, 842, 865, 1610, 2190]
-S2_13 = [443, 490, 560, 665, 705, 740, 783, 842, 865, 945, 1370, 1610, 2190]
-S2_12 = [443, 490, 560, 665, 705, 740, 783, 842, 865, 945, 1610, 2190]
+from ramen_jax.data import catalog
 
 
 def modality(kind, channels, gsd, side, time_series=False, max_time_steps=0, temporal_dropout=0.0):
@@ -48,6 +46,24 @@ def modality(kind, channels, gsd, side, time_series=False, max_time_steps=0, tem
     )
 
 
+def catalog_modalities(dataset, temporal_dropout=None):
+    """``dataset``'s modality entries from ``ramen_jax.data.catalog`` (what its records hold),
+    with no cap on time steps and ``temporal_dropout`` ({modality: share}, default none)."""
+    temporal_dropout = temporal_dropout or {}
+    return {
+        m.name: modality(
+            m.kind,
+            m.channels,
+            m.gsd,
+            m.side,
+            m.time_series,
+            0,
+            temporal_dropout.get(m.name, 0.0),
+        )
+        for m in catalog.modalities_of(dataset)
+    }
+
+
 def paper_datasets():
     d = ml_collections.ConfigDict()
     d.flairhub = ml_collections.ConfigDict(
@@ -61,12 +77,7 @@ def paper_datasets():
             "weight": 1.0,
             "per_device_batch": 4,
             "effective_gsds": [float(g) for g in range(3, 21)],
-            "modalities": {
-                "aerial": modality("optical", [640, 560, 480, 810], 0.2, 512),
-                "dem": modality("dem", ["dsm", "dtm"], 0.2, 512),
-                "s2": modality("optical", S2_L2A_10, 10.24, 10, True, 0, 0.3),
-                "s1_des": modality("sar", ["des_vv", "des_vh"], 10.24, 10, True, 0, 0.3),
-            },
+            "modalities": catalog_modalities("flairhub", {"s2": 0.3, "s1_des": 0.3}),
         }
     )
     d.mmearth = ml_collections.ConfigDict(
@@ -82,25 +93,7 @@ def paper_datasets():
             "weight": 1.0,
             "per_device_batch": 32,
             "effective_gsds": [float(g) for g in range(20, 101, 10)],
-            "modalities": {
-                "dem": modality("dem", ["dsm", "slope"], 10, 64),
-                "s2": modality("optical", S2_13, 10, 64),
-                "s1": modality(
-                    "sar",
-                    [
-                        "asc_vv",
-                        "asc_vh",
-                        "asc_hh",
-                        "asc_hv",
-                        "des_vv",
-                        "des_vh",
-                        "des_hh",
-                        "des_hv",
-                    ],
-                    10,
-                    64,
-                ),
-            },
+            "modalities": catalog_modalities("mmearth"),
         }
     )
     d.worldstrat = ml_collections.ConfigDict(
@@ -114,10 +107,7 @@ def paper_datasets():
             "weight": 1.0,
             "per_device_batch": 2,
             "effective_gsds": [float(g) for g in range(5, 21)],
-            "modalities": {
-                "spot": modality("optical", [665, 560, 490, 835], 1.5, 263),
-                "s2": modality("optical", S2_12, 10, 39, True),
-            },
+            "modalities": catalog_modalities("worldstrat"),
         }
     )
     return d
