@@ -46,21 +46,24 @@ def modality(kind, channels, gsd, side, time_series=False, max_time_steps=0, tem
     )
 
 
-def catalog_modalities(dataset, temporal_dropout=None):
-    """``dataset``'s modality entries from ``ramen_jax.data.catalog`` (what its records hold),
-    with no cap on time steps and ``temporal_dropout`` ({modality: share}, default none)."""
-    temporal_dropout = temporal_dropout or {}
+def catalog_modalities(modalities, temporal_dropout=None, sides=None):
+    """Modality entries of ``ramen_jax.data.catalog``'s ``modalities`` (a dataset's name, or a
+    tuple of them), with no cap on time steps, ``temporal_dropout`` ({modality: share}, default
+    none) and the catalog's sides unless ``sides`` ({modality: side}) says otherwise."""
+    if isinstance(modalities, str):
+        modalities = catalog.modalities_of(modalities)
+    temporal_dropout, sides = temporal_dropout or {}, sides or {}
     return {
         m.name: modality(
             m.kind,
             m.channels,
             m.gsd,
-            m.side,
+            sides.get(m.name, m.side),
             m.time_series,
             0,
             temporal_dropout.get(m.name, 0.0),
         )
-        for m in catalog.modalities_of(dataset)
+        for m in modalities
     }
 
 
@@ -115,7 +118,6 @@ def paper_datasets():
 
 def demo_datasets(per_device_batch=8, crop_fraction=0.6, gsds=(30.0, 40.0, 60.0, 80.0)):
     """The six bundled BigEarthNet patches: S2 at 10/20/60 m as three modalities, plus S1."""
-    side10 = round(20 * crop_fraction) * 6
     d = ml_collections.ConfigDict()
     d.bigearthnet = ml_collections.ConfigDict(
         {
@@ -123,12 +125,9 @@ def demo_datasets(per_device_batch=8, crop_fraction=0.6, gsds=(30.0, 40.0, 60.0,
             "weight": 1.0,
             "per_device_batch": per_device_batch,
             "effective_gsds": [float(g) for g in gsds],
-            "modalities": {
-                "s2_10m": modality("optical", [490, 560, 665, 842], 10, side10),
-                "s2_20m": modality("optical", [705, 740, 783, 865, 1610, 2190], 20, side10 // 2),
-                "s2_60m": modality("optical", [443, 945], 60, side10 // 6),
-                "s1": modality("sar", ["des_vv", "des_vh"], 10, side10),
-            },
+            "modalities": catalog_modalities(
+                catalog.BIGEARTHNET_DEMO, sides=catalog.demo_crop_sides(crop_fraction)
+            ),
         }
     )
     return d

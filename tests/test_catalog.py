@@ -3,9 +3,11 @@
 The paper config derives its modality entries from the catalog; the expectations below are the
 values configs/base.py held when it still wrote them out by hand, so a change to the catalog that
 would change a training run's inputs fails here. The converters write exactly the catalog's
-modalities, and evaluation reads a converted dataset's modalities from it.
+modalities, and evaluation reads a converted dataset's modalities from it. The encode API's
+sensor presets follow the same rule: two names for the same sensor share one definition.
 """
 
+import itertools
 import json
 
 import numpy as np
@@ -87,6 +89,36 @@ def test_paper_config_modalities_are_the_ones_it_always_had():
                     assert [type(c) for c in got] == [type(c) for c in value]
 
 
+def test_demo_config_modalities_are_the_ones_it_always_had():
+    modalities = base.get_config("debug").data.datasets.bigearthnet.modalities
+    expected = {  # (channels, gsd, side) at the default crop of 0.6 of the 1200 m patch
+        "s2_10m": ([490, 560, 665, 842], 10.0, 72),
+        "s2_20m": ([705, 740, 783, 865, 1610, 2190], 20.0, 36),
+        "s2_60m": ([443, 945], 60.0, 12),
+        "s1": (["des_vv", "des_vh"], 10.0, 72),
+    }
+    assert sorted(modalities) == sorted(expected)
+    for name, (channels, gsd, side) in expected.items():
+        entry = modalities[name]
+        assert (entry.channels, entry.gsd, entry.side) == (channels, gsd, side), name
+        assert [type(c) for c in entry.channels] == [type(c) for c in channels]
+        assert type(entry.gsd) is float and not entry.time_series and entry.max_time_steps == 0
+    assert catalog.demo_crop_sides(1.0) == {m.name: m.side for m in catalog.BIGEARTHNET_DEMO}
+    assert catalog.demo_crop_sides(0.25) == {"s2_10m": 30, "s2_20m": 15, "s2_60m": 5, "s1": 30}
+
+
+def test_demo_band_files_are_the_catalogs_wavelengths():
+    from ramen_jax.data import demo
+
+    sentinel2 = sensors.sensor_preset("sentinel2")
+    for group, bands in demo.S2_GROUP_BANDS.items():
+        assert sentinel2.channels(bands) == tuple(
+            map(float, demo.DEMO_MODALITIES[group]["channels"])
+        )
+    for modality in catalog.BIGEARTHNET_DEMO:
+        assert modality.side * modality.gsd == catalog.DEMO_PATCH_SIZE_M
+
+
 @pytest.mark.parametrize(
     "converter,name", [(mmearth, "mmearth"), (flairhub, "flairhub"), (worldstrat, "worldstrat")]
 )
@@ -125,3 +157,12 @@ def test_evaluation_reads_a_converted_datasets_modalities_from_the_catalog(tmp_p
         eval_datasets.catalog_specs(tmp_path / "absent", max_time_steps=7)
     with pytest.raises(KeyError, match="unknown dataset"):
         catalog.modalities_of("elsewhere")
+
+
+def test_each_sensor_preset_is_defined_once():
+    definitions = list({id(p): p for p in sensors.SENSOR_PRESETS.values()}.values())
+    for first, second in itertools.combinations(definitions, 2):
+        assert first != second, "two presets with the same bands: name one an alias of the other"
+    landsat8 = sensors.sensor_preset("landsat8")
+    assert sensors.sensor_preset("LANDSAT9") is landsat8
+    assert landsat8.channels(["B4", "B8"]) == (655.0, 590.0) and landsat8.band_gsd == {"B8": 15.0}

@@ -1,6 +1,7 @@
 """The published datasets' modalities, described once.
 
-Owns what each modality of the MMEarth64, FLAIR-HUB and WorldStrat records holds: kind,
+Owns what each modality of the MMEarth64, FLAIR-HUB and WorldStrat records (and of the bundled
+BigEarthNet demo patches, ``BIGEARTHNET_DEMO``) holds: kind,
 channel descriptors (wavelength in nm, or SAR / DEM key), native GSD, side in pixels, the dtype
 the records store and whether it is a time series. Every user reads it from here: the
 converters (``data_prep.<name>`` write exactly these modalities), the paper's config
@@ -92,6 +93,29 @@ WORLDSTRAT = (
     StoredModality("s2", OPTICAL, S2_12, 10, 39, np.float32, time_series=True),
 )
 
+# The six BigEarthNet patches bundled with ``bigearthnet-common`` (read by
+# ``ramen_jax.data.demo``): 1200 m x 1200 m of Sentinel-2 L2A (raw DN) at 10, 20 and 60 m as three
+# modalities, and Sentinel-1 backscatter (dB) at 10 m. One patch's Sentinel-1 is really
+# ascending; the modality needs one static set of keys, so it takes the majority's (descending).
+DEMO_PATCH_SIZE_M = 1200
+BIGEARTHNET_DEMO = (
+    StoredModality("s2_10m", OPTICAL, (490, 560, 665, 842), 10, 120, np.uint16),
+    StoredModality("s2_20m", OPTICAL, (705, 740, 783, 865, 1610, 2190), 20, 60, np.uint16),
+    StoredModality("s2_60m", OPTICAL, (443, 945), 60, 20, np.uint16),
+    StoredModality("s1", SAR, ("des_vv", "des_vh"), 10, 120, np.float32),
+)
+
+
+def demo_crop_sides(crop_fraction: float) -> dict[str, int]:
+    """Side of each demo modality after ``ramen_jax.data.demo.random_crop_flip`` keeps
+    ``crop_fraction`` of the patch side: the crop is chosen on the coarsest (60 m) grid, so a
+    side is the coarse pixels kept times the modality's pixels per coarse pixel."""
+    coarse = min(m.side for m in BIGEARTHNET_DEMO)
+    kept = max(1, round(coarse * crop_fraction))
+    return {m.name: kept * (m.side // coarse) for m in BIGEARTHNET_DEMO}
+
+
+# Converted (records) datasets by the name their converter gives them.
 DATASETS: dict[str, tuple[StoredModality, ...]] = {
     "mmearth": MMEARTH,
     "flairhub": FLAIRHUB,

@@ -15,7 +15,8 @@ benchmarks). A finished dataset folder holds:
   i, ...]}}`` in the record order of ``load_split``;
 - ``NORM_<key>_patch.json`` (``NORM_FILE``): the same statistics in the original's format,
   ``{"mean": [C], "std": [C]}`` with channels in the original's order (record channel ``k`` is
-  the original's channel ``original_channels[k]``).
+  the original's channel ``original_channels[k]``);
+- ``standin.json`` (``STANDIN_FILE``), only in a synthetic stand-in's folder.
 
 Only TFDS and etils are needed here, no converter and no TensorFlow.
 """
@@ -32,6 +33,9 @@ STATS_FILE = "stats.json"
 TIME_STEPS_FILE = "time_steps.json"
 INFO_FILES = ("features.json", "dataset_info.json")  # dataset_info.json last: the commit point
 NORM_FILE = "NORM_{key}_patch.json"
+# Beside the records of a synthetic stand-in (``python -m data_prep.standins``), never of real
+# data: ``{"layout": the release it imitates, "version": ...}``, so readers can say so.
+STANDIN_FILE = "standin.json"
 TRAIN = "train"
 DATES_SUFFIX = "_dates"
 NO_DATE = 1  # day-of-year stored where the source has no acquisition date

@@ -29,7 +29,7 @@ import os
 import numpy as np
 
 from ramen_jax import storage
-from ramen_jax.data import demo, staging
+from ramen_jax.data import catalog, demo, staging
 from ramen_jax.data import records as records_format
 
 
@@ -70,13 +70,8 @@ class DemoSource:
     @staticmethod
     def modalities(crop_fraction: float = 0.6) -> dict:
         """The demo's modality descriptions at the cropped sides."""
-        out = {}
-        for name, spec in demo.DEMO_MODALITIES.items():
-            full = spec["side"]
-            coarse = demo.PATCH_SIZE_M // 60
-            side = max(1, round(coarse * crop_fraction)) * (full // coarse)
-            out[name] = {**spec, "side": side}
-        return out
+        sides = catalog.demo_crop_sides(crop_fraction)
+        return {name: {**spec, "side": sides[name]} for name, spec in demo.DEMO_MODALITIES.items()}
 
 
 PARTITION_SEED = 0x60  # the same partition in every run and on every host
