@@ -64,4 +64,4 @@ def test_absent_records_stop_it_with_one_line_naming_the_standin_command(tmp_pat
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: flairhub: no records at data/flairhub; ")
     assert "python -m data_prep.standins" in line
-    assert not (tmp_path / "run").exists()  # nothing written, no training started
+    assert not (tmp_path / "run" / "run1.log").exists()  # no training started
