@@ -1,7 +1,8 @@
 r"""Input-pipeline benchmark: how fast, how padded, how many batch shapes.
 
+  python -m data_prep.standins --config configs/base.py --workdir DIR  # where data is absent
   python -m ramen_jax.data.bench --config configs/base.py --batches 2000 \
-      [--workdir DIR] [--num-workers K]
+      [--flagfile=DIR/standins.flags] [--num-workers K]
 
 Owns measuring the real pipeline (``pipeline.build_datasets`` -> ``StepBatches`` ->
 ``make_iterator``) in one process, with the global batch = the per-device batch (one batch
@@ -20,11 +21,11 @@ series; ``time_padding_fraction``: padded date slots over all date slots of the 
 time buckets over the original's padding to the batch's longest; per dataset the same and its
 ``time_buckets``).
 
-Data: a ``records`` dataset whose ``source.path`` exists is read as it is. Where the path is
-absent the bench says so and runs on a synthetic stand-in written in the dataset's published
-layout by ``data_prep.standins`` and converted by its own ``data_prep`` converter, cached under
-``--workdir`` and reused by later runs; a dataset without a stand-in stops the run. Nothing is
-ever silently replaced by something else.
+Data: every ``records`` dataset is read from its ``source.path``, and the bench says whether
+that is real data or a synthetic stand-in (written in the dataset's published layout and
+converted by ``python -m data_prep.standins``, whose overrides point the config at it). A
+records dataset whose path is absent stops the run with one line naming that command
+(``ramen_jax.perf.data_location``). Nothing is ever silently replaced by something else.
 
 Padding fraction: padded token slots / all token slots over the N batches. A batch of B samples
 whose layout has L token slots, V of them valid (``layout["token_valid"]``), holds B * L slots
@@ -37,28 +38,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import resource
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 from ramen_jax import cli
-from ramen_jax.data import data_location, pipeline
-
-DEFAULT_WORKDIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "ramen_jax")
+from ramen_jax.data import pipeline
+from ramen_jax.perf import data_location
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/base.py.")
 _BATCHES = flags.DEFINE_integer("batches", None, "Batches to draw.", lower_bound=1)
-_WORKDIR = flags.DEFINE_string(
-    "workdir",
-    os.fspath(DEFAULT_WORKDIR / "data_bench"),
-    "Cache of the stand-in datasets (written and converted once, reused by later runs).",
-)
 _NUM_WORKERS = flags.DEFINE_integer(
     "num-workers", 0, "Grain worker processes (0: prepare batches in this process).", lower_bound=0
 )
@@ -137,9 +130,9 @@ def fraction(part: int, whole: int) -> float:
     return part / whole if whole else 0.0
 
 
-def locate_data(config, workdir: Path, say) -> dict[str, DatasetTally]:
-    """Points every dataset of ``config.data`` at what the bench reads, saying which it is."""
-    located = data_location.locate_data(config, workdir, say)
+def locate_data(config, say) -> dict[str, DatasetTally]:
+    """What the bench reads of every dataset of ``config.data``, said out loud."""
+    located = data_location.locate_data(config, say)
     return {name: DatasetTally(kind, where) for name, (kind, where) in located.items()}
 
 
@@ -275,16 +268,13 @@ def progress_printer(batches: int, tallies: dict, stream=sys.stderr):
     return progress
 
 
-def run_bench(config, batches: int, workdir, num_workers: int = 0, out=sys.stdout) -> dict:
-    """Runs the benchmark, prints its report to ``out`` (JSON last) and returns the result.
-
-    Datasets without data are pointed at their stand-ins in ``config`` itself.
-    """
+def run_bench(config, batches: int, num_workers: int = 0, out=sys.stdout) -> dict:
+    """Runs the benchmark, prints its report to ``out`` (JSON last) and returns the result."""
 
     def say(line: str) -> None:
         print(line, file=out, flush=True)
 
-    tallies = locate_data(config, Path(workdir), say)
+    tallies = locate_data(config, say)
     seconds = measure(config, tallies, batches, num_workers, progress_printer(batches, tallies))
     result = report(tallies, batches, seconds, num_workers)
     say(table(result))
@@ -297,10 +287,9 @@ def main(argv) -> None:
         sys.exit(cli.report(f"unexpected arguments: {argv[1:]}", cli.USAGE_EXIT_CODE))
     if _CONFIG.value is None or _BATCHES.value is None:
         sys.exit(cli.report("--config and --batches are required", cli.USAGE_EXIT_CODE))
-    logging.getLogger("data_prep").setLevel(logging.INFO)  # conversion progress of stand-ins
-    logging.getLogger("absl").setLevel(logging.WARNING)  # TFDS logs every chunk twice
+    logging.getLogger("absl").setLevel(logging.WARNING)  # TFDS logs as it opens records
     try:
-        run_bench(_CONFIG.value, _BATCHES.value, _WORKDIR.value, _NUM_WORKERS.value)
+        run_bench(_CONFIG.value, _BATCHES.value, _NUM_WORKERS.value)
     except BenchError as error:
         sys.exit(cli.report(error))
 
