@@ -39,7 +39,7 @@ def test_base_config_on_a_tpu_slice_reports_sharded_state_without_hardware():
         "--config.mesh.fsdp=4",
     )
     assert "16 devices" in replicated and "'fsdp': 4" in fsdp
-    # 131.5 M float32 parameters (98.4 M encoder + 33.0 M decoder, SPEC D): 0.49 GiB replicated
+    # 131.5 M float32 parameters (98.4 M encoder + 33.0 M decoder): 0.49 GiB replicated
     assert abs(per_device_gib(replicated, "params") - 131.46e6 * 4 / 2**30) < 0.01
     # fsdp=4 splits the large matrices four ways; AdamW moments are twice the parameters
     assert per_device_gib(fsdp, "params") < 0.3 * per_device_gib(replicated, "params")

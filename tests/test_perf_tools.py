@@ -64,10 +64,9 @@ def test_tool_flags_have_underscore_names_and_share_names_for_shared_meanings():
     for tool, names in defining.items():
         assert all(name.isidentifier() and name == name.lower() for name in names), (tool, names)
         assert "config" in names, tool
-    # the same meaning, the same name: where a tool writes; what it counts
-    for tool in ("data_bench", "compile_check"):
-        assert "workdir" in defining[tool]
+    # the same meaning, the same name: what a tool counts; the pipeline's worker processes
     assert "steps" in defining["step_bench"] and "steps" in defining["compile_check"]
+    assert "batches" in defining["data_bench"] and "workdir" in defining["compile_check"]
     assert "num_workers" in defining["data_bench"]
 
 

@@ -1,7 +1,8 @@
 r"""Input-pipeline benchmark: how fast, how padded, how many batch shapes.
 
+  python -m data_prep.standins --config configs/base.py --workdir DIR  # where data is absent
   python -m ramen_jax.perf.data_bench --config configs/base.py --batches 2000 \
-      [--workdir DIR] [--num_workers K]
+      [--flagfile=DIR/standins.flags] [--num_workers K]
 
 Measures the real pipeline (``pipeline.build_datasets`` -> ``StepBatches`` -> ``make_iterator``,
 tallied by ``ramen_jax.perf.pipeline_tally``) in one process, with the global batch = the
@@ -20,20 +21,18 @@ series, and ``time_bucket_padding_fraction`` the part of them past the batch's l
 the cost of time buckets over the original's padding to the batch's longest; per dataset the
 same and its ``time_buckets``).
 
-Data: a ``records`` dataset whose ``source.path`` exists is read as it is. Where the path is
-absent the bench says so and runs on a synthetic stand-in written in the dataset's published
-layout by ``data_prep.standins`` and converted by its own ``data_prep`` converter, cached under
-``--workdir`` and reused by later runs; a dataset without a stand-in stops the run. Nothing is
-ever silently replaced by something else. Padding fractions are defined in
-``ramen_jax.perf.pipeline_tally``.
+Data: every ``records`` dataset is read from its ``source.path``, and the bench says whether
+that is real data or a synthetic stand-in (written in the dataset's published layout and
+converted by ``python -m data_prep.standins``, whose overrides point the config at it). A
+records dataset whose path is absent stops the run with one line naming that command
+(``ramen_jax.perf.data_location``). Nothing is ever silently replaced by something else.
+Padding fractions are defined in ``ramen_jax.perf.pipeline_tally``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
-from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -41,15 +40,8 @@ from ml_collections import config_flags
 from ramen_jax import cli
 from ramen_jax.perf import pipeline_tally
 
-DEFAULT_WORKDIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "ramen_jax")
-
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/base.py.")
 _BATCHES = flags.DEFINE_integer("batches", None, "Batches to draw.", lower_bound=1)
-_WORKDIR = flags.DEFINE_string(
-    "workdir",
-    os.fspath(DEFAULT_WORKDIR / "data_bench"),
-    "Cache of the stand-in datasets (written and converted once, reused by later runs).",
-)
 _NUM_WORKERS = flags.DEFINE_integer(
     "num_workers", 0, "Grain worker processes (0: prepare batches in this process).", lower_bound=0
 )
@@ -59,10 +51,9 @@ flags.mark_flags_as_required(["config", "batches"])
 def main(argv) -> None:
     if len(argv) > 1:
         sys.exit(cli.report(f"unexpected arguments: {argv[1:]}", cli.USAGE_EXIT_CODE))
-    logging.getLogger("data_prep").setLevel(logging.INFO)  # conversion progress of stand-ins
-    logging.getLogger("absl").setLevel(logging.WARNING)  # TFDS logs every chunk twice
+    logging.getLogger("absl").setLevel(logging.WARNING)  # TFDS logs as it opens records
     try:
-        pipeline_tally.run_bench(_CONFIG.value, _BATCHES.value, _WORKDIR.value, _NUM_WORKERS.value)
+        pipeline_tally.run_bench(_CONFIG.value, _BATCHES.value, _NUM_WORKERS.value)
     except pipeline_tally.BenchError as error:
         sys.exit(cli.report(error))
 

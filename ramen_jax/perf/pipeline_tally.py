@@ -15,11 +15,11 @@ import json
 import resource
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from ramen_jax.data import data_location, pipeline
+from ramen_jax.data import pipeline
+from ramen_jax.perf import data_location
 
 BenchError = data_location.MissingDataError  # the bench cannot run on what the config names
 
@@ -94,9 +94,9 @@ def fraction(part: int, whole: int) -> float:
     return part / whole if whole else 0.0
 
 
-def locate_data(config, workdir: Path, say) -> dict[str, DatasetTally]:
-    """Points every dataset of ``config.data`` at what the bench reads, saying which it is."""
-    located = data_location.locate_data(config, workdir, say)
+def locate_data(config, say) -> dict[str, DatasetTally]:
+    """What the bench reads of every dataset of ``config.data``, said out loud."""
+    located = data_location.locate_data(config, say)
     return {name: DatasetTally(kind, where) for name, (kind, where) in located.items()}
 
 
@@ -232,16 +232,13 @@ def progress_printer(batches: int, tallies: dict, stream=sys.stderr):
     return progress
 
 
-def run_bench(config, batches: int, workdir, num_workers: int = 0, out=sys.stdout) -> dict:
-    """Runs the benchmark, prints its report to ``out`` (JSON last) and returns the result.
-
-    Datasets without data are pointed at their stand-ins in ``config`` itself.
-    """
+def run_bench(config, batches: int, num_workers: int = 0, out=sys.stdout) -> dict:
+    """Runs the benchmark, prints its report to ``out`` (JSON last) and returns the result."""
 
     def say(line: str) -> None:
         print(line, file=out, flush=True)
 
-    tallies = locate_data(config, Path(workdir), say)
+    tallies = locate_data(config, say)
     seconds = measure(config, tallies, batches, num_workers, progress_printer(batches, tallies))
     result = report(tallies, batches, seconds, num_workers)
     say(table(result))

@@ -37,8 +37,8 @@ def configure_compilation_cache(setting: str, workdir: str) -> str | None:
     ``setting`` is ``compilation_cache_dir``: a directory (local or gs://); ``"off"``; or
     ``""`` (the default): the cache JAX is already configured with (``JAX_COMPILATION_CACHE_DIR``)
     if any, else ``WORKDIR/compilation_cache``, shared by every process and every relaunch of
-    the run. Programs are cached however fast they compiled: ``programs.ProgramCache`` relies on
-    the cache to bring back the executables it drops.
+    the run. Programs are cached however fast they compiled: ``programs.MapLimitedPrograms``
+    relies on the cache to bring back the executables it drops.
     """
     if setting == "off":
         jax.config.update("jax_enable_compilation_cache", False)
