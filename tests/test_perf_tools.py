@@ -108,14 +108,13 @@ def test_filled_replaces_only_abstract_arrays():
     assert out["pixels"]["a"].shape == (2, 3, 4, 4, 1) and out["pixels"]["a"].dtype == np.float32
 
 
+MEMORY_FIELDS = ("peak_memory", "argument_size", "output_size", "temp_size", "alias_size")
+
+
 def _fake_compiled(peak, arguments=100, outputs=20, temp=7, alias=30, cost=None):
-    stats = types.SimpleNamespace(
-        peak_memory_in_bytes=peak,
-        argument_size_in_bytes=arguments,
-        output_size_in_bytes=outputs,
-        temp_size_in_bytes=temp,
-        alias_size_in_bytes=alias,
-    )
+    """An object answering as a compiled program does, with XLA's memory analysis given."""
+    sizes = zip(MEMORY_FIELDS, (peak, arguments, outputs, temp, alias), strict=True)
+    stats = types.SimpleNamespace(**{f"{field}_in_bytes": n for field, n in sizes})
     return types.SimpleNamespace(memory_analysis=lambda: stats, cost_analysis=lambda: cost)
 
 
