@@ -1,7 +1,7 @@
 r"""Small synthetic stand-ins for the pretraining datasets, in their published on-disk layouts.
 
   python -m data_prep.standins --config configs/base.py --workdir DIR
-  python -m ramen_jax.data.bench --config configs/base.py --batches 200 \
+  python -m ramen_jax.perf.data_bench --config configs/base.py --batches 200 \
       --flagfile=DIR/standins.flags
 
 The command writes a stand-in for every ``records`` dataset of the config whose

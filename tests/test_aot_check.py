@@ -15,7 +15,7 @@ from ramen_jax.training import precompile
 
 def aot_check(*args, env=None):
     result = subprocess.run(
-        [sys.executable, "-m", "ramen_jax.tools.aot_check", *args],
+        [sys.executable, "-m", "ramen_jax.perf.aot_check", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -56,7 +56,7 @@ def test_datasets_flag_keeps_the_named_datasets_and_refuses_unknown_ones():
     out = aot_check("--config=configs/base.py", "--topology=v5p:2x2x4", "--datasets=worldstrat")
     assert set(json.loads(out.splitlines()[-1])["datasets"]) == {"worldstrat"}
     result = subprocess.run(
-        [sys.executable, "-m", "ramen_jax.tools.aot_check", "--config=configs/base.py",
+        [sys.executable, "-m", "ramen_jax.perf.aot_check", "--config=configs/base.py",
          "--topology=v5p:2x2x4", "--datasets=worldstrat,sentinel"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

@@ -3,7 +3,7 @@
 The two-step use runs once from an empty folder, so no ``source.path`` of the config exists:
 ``python -m data_prep.standins`` must write every dataset as a stand-in in its published layout,
 convert it and print the overrides pointing the config at it, then ``python -m
-ramen_jax.data.bench`` (40 batches, ``--flagfile`` of those overrides) reads them and says they
+ramen_jax.perf.data_bench`` (40 batches, ``--flagfile`` of those overrides) reads them and says they
 are stand-ins. What it reports is then recounted independently: the same steps are drawn
 straight from ``StepBatches`` (no Grain iterator) and the padding is derived from the step plan
 and the grid geometry, not from ``token_valid``. Counts must match exactly, fractions to rel
@@ -25,7 +25,8 @@ import pytest
 from configs import base
 from data_prep import standins
 from ramen_jax import geometry
-from ramen_jax.data import bench, pipeline, records, temporal_dropout
+from ramen_jax.data import pipeline, records, temporal_dropout
+from ramen_jax.perf import pipeline_tally
 
 REPO = Path(__file__).resolve().parents[1]
 BATCHES = 40
@@ -52,7 +53,7 @@ def bench_run(tmp_path_factory):
     command = [
         sys.executable,
         "-m",
-        "ramen_jax.data.bench",
+        "ramen_jax.perf.data_bench",
         config,
         f"--batches={BATCHES}",
         f"--flagfile={workdir / standins.FLAGFILE}",
@@ -216,7 +217,7 @@ def test_cache_is_reused_and_existing_data_is_read_as_real(bench_run, tmp_path):
     for name in ("mmearth", "worldstrat"):
         config.data.datasets[name].source.path = paths[name]
     out = io.StringIO()
-    again = bench.run_bench(config, 2, out=out)
+    again = pipeline_tally.run_bench(config, 2, out=out)
     assert out.getvalue().startswith(f"flairhub: real data, converted records at {real}")
     assert again["per_dataset"]["flairhub"]["data"] == "real"
     assert again["per_dataset"]["mmearth"]["data"] == "stand-in"
@@ -228,13 +229,14 @@ def test_absent_data_stops_the_bench_naming_the_standin_command(tmp_path):
     mmearth.source.path = os.fspath(tmp_path / "absent")
     config = base.get_config()
     config.data.datasets = ml_collections.ConfigDict({"mmearth": mmearth})
-    with pytest.raises(bench.BenchError, match="mmearth: no records at .*absent; .*data_prep"):
-        bench.run_bench(config, 1, out=io.StringIO())
+    match = "mmearth: no records at .*absent; .*data_prep"
+    with pytest.raises(pipeline_tally.BenchError, match=match):
+        pipeline_tally.run_bench(config, 1, out=io.StringIO())
     completed = subprocess.run(
         [
             sys.executable,
             "-m",
-            "ramen_jax.data.bench",
+            "ramen_jax.perf.data_bench",
             f"--config={REPO / 'configs' / 'base.py'}",
             "--batches=1",
         ],

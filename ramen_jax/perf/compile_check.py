@@ -153,7 +153,8 @@ def compile_check(
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        sys.exit(cli.report(f"unexpected arguments: {argv[1:]}", cli.USAGE_EXIT_CODE))
     config_flag = flags.FLAGS["config"]
     config_arg = config_flags.get_config_filename(config_flag)
     user = [f"--config.{k}={v}" for k, v in config_flags.get_override_values(config_flag).items()]
@@ -188,4 +189,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=lambda argv: cli.parse_absl_flags(argv, _CONFIG))

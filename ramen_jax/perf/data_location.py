@@ -1,6 +1,6 @@
 """What each dataset of a config reads, said out loud before a measurement runs.
 
-Shared by the measurement tools (``python -m ramen_jax.data.bench``,
+Shared by the measurement tools (``python -m ramen_jax.perf.data_bench``,
 ``ramen_jax.perf.compile_check``). A ``records`` dataset is read from its ``source.path`` as it
 is: converted data, or a synthetic stand-in (records carrying ``records.STANDIN_FILE``) written
 beforehand by ``python -m data_prep.standins``, which prints the ``--config`` overrides that

@@ -1,31 +1,6 @@
-r"""Input-pipeline benchmark: how fast, how padded, how many batch shapes.
-
-  python -m data_prep.standins --config configs/base.py --workdir DIR  # where data is absent
-  python -m ramen_jax.data.bench --config configs/base.py --batches 2000 \
-      [--flagfile=DIR/standins.flags] [--num-workers K]
-
-Owns measuring the real pipeline (``pipeline.build_datasets`` -> ``StepBatches`` ->
-``make_iterator``) in one process, with the global batch = the per-device batch (one batch
-shard): batches/s, samples/s, the token padding fraction, the number of distinct batch shapes
-(``pipeline.signature``, what XLA compiles for) overall and per dataset, and the steps each
-dataset drew. Progress goes to stderr; stdout gets one line per dataset saying which data it
-reads, a table, and as its last line one JSON object (``batches``, ``seconds``,
-``batches_per_s``, ``samples_per_s``, ``padding_fraction``, ``series_padding_fraction``,
-``distinct_shapes``, ``num_workers``, ``peak_rss_mb``, ``per_dataset``, and per dataset
-``dataset_step_share``, the share of the measured steps it drew, beside
-``expected_step_share``, the share the mixing rule gives it in the long run: its full batches
-per epoch over the epoch's steps with ``data.mixing="epoch"``, its weight with ``"weights"``;
-``time_steps``: ``dataset/modality`` -> min, median, max valid dates per sample of every time
-series; ``time_padding_fraction``: padded date slots over all date slots of the series, and
-``time_bucket_padding_fraction`` the part of them past the batch's longest series, the cost of
-time buckets over the original's padding to the batch's longest; per dataset the same and its
-``time_buckets``).
-
-Data: every ``records`` dataset is read from its ``source.path``, and the bench says whether
-that is real data or a synthetic stand-in (written in the dataset's published layout and
-converted by ``python -m data_prep.standins``, whose overrides point the config at it). A
-records dataset whose path is absent stops the run with one line naming that command
-(``ramen_jax.perf.data_location``). Nothing is ever silently replaced by something else.
+"""The measurements of ``python -m ramen_jax.perf.data_bench``: the real input pipeline drawn
+batch by batch, tallied per dataset (speed, token / series / date padding, distinct batch
+shapes, step shares), and the table and JSON line it prints.
 
 Padding fraction: padded token slots / all token slots over the N batches. A batch of B samples
 whose layout has L token slots, V of them valid (``layout["token_valid"]``), holds B * L slots
@@ -37,25 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import resource
 import sys
 import time
 
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
 
-from ramen_jax import cli
 from ramen_jax.data import pipeline
 from ramen_jax.perf import data_location
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/base.py.")
-_BATCHES = flags.DEFINE_integer("batches", None, "Batches to draw.", lower_bound=1)
-_NUM_WORKERS = flags.DEFINE_integer(
-    "num-workers", 0, "Grain worker processes (0: prepare batches in this process).", lower_bound=0
-)
-
 
 BenchError = data_location.MissingDataError  # the bench cannot run on what the config names
 
@@ -280,19 +244,3 @@ def run_bench(config, batches: int, num_workers: int = 0, out=sys.stdout) -> dic
     say(table(result))
     say(json.dumps(result))
     return result
-
-
-def main(argv) -> None:
-    if len(argv) > 1:
-        sys.exit(cli.report(f"unexpected arguments: {argv[1:]}", cli.USAGE_EXIT_CODE))
-    if _CONFIG.value is None or _BATCHES.value is None:
-        sys.exit(cli.report("--config and --batches are required", cli.USAGE_EXIT_CODE))
-    logging.getLogger("absl").setLevel(logging.WARNING)  # TFDS logs as it opens records
-    try:
-        run_bench(_CONFIG.value, _BATCHES.value, _NUM_WORKERS.value)
-    except BenchError as error:
-        sys.exit(cli.report(error))
-
-
-if __name__ == "__main__":
-    app.run(main, flags_parser=lambda argv: cli.parse_absl_flags(argv, _CONFIG))
