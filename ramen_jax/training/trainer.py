@@ -1,13 +1,14 @@
 """``train(config, workdir)``: checks the config, locks the workdir and runs a ``Trainer``.
 
 ``Trainer`` holds a run's compiled pieces (state init, one jitted step per dataset, previews);
-``ramen_jax.training.loop.TrainingRun`` is the loop itself. One code path for a laptop CPU, one GPU, simulated CPU devices and every host of a TPU slice:
-mesh and sharding rules from the config, parameters created sharded, one jitted step per batch
-signature (dataset x token bucket) with donated state, metrics fetched to the host only every
-``log_every_steps``, Orbax checkpoints (async, keep-last-k, on SIGTERM, automatic resume),
-validation on held-out splits with keep-best-k checkpoints (``validation``), TensorBoard
-scalars and PNG reconstruction previews. A NaN/inf loss stops the run, naming the
-step and modality, before anything after the last good checkpoint is saved.
+``ramen_jax.training.loop.TrainingRun`` is the loop itself. One code path for a laptop CPU, one
+GPU, simulated CPU devices and every host of a TPU slice: mesh and sharding rules from the
+config, parameters created sharded, one jitted step per batch signature (dataset x token
+bucket) with donated state, metrics fetched to the host only every ``log_every_steps``, Orbax
+checkpoints (async, keep-last-k, on SIGTERM, automatic resume), validation on held-out splits
+with keep-best-k checkpoints (``validation``), TensorBoard scalars and PNG reconstruction
+previews. A NaN/inf loss stops the run, naming the step and modality, before anything after the
+last good checkpoint is saved.
 """
 
 from __future__ import annotations
