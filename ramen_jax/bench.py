@@ -30,6 +30,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from ramen_jax import cli
+from ramen_jax.batch import Batch
 from ramen_jax.data import pipeline
 from ramen_jax.model import attention as attention_lib
 from ramen_jax.model import state as state_lib
@@ -84,22 +85,16 @@ def default_cases(trainer: Trainer):
     return out
 
 
-def synthetic_batch(batches, index: int, gsd: float, kept: tuple, rng) -> dict:
+def synthetic_batch(batches, index: int, gsd: float, kept: tuple, rng) -> Batch:
     d = batches.datasets[index]
-    batch = {
-        "dataset": d.name,
-        "layout": batches.layout(index, gsd, kept),
-        "pixels": {},
-        "dates": {},
-        "time_valid": {},
-    }
+    batch = Batch(pixels={}, dates={}, time_valid={}, layout=batches.layout(index, gsd, kept))
     for spec in d.specs:
         t = spec.max_time_steps
         rows = len(batches.shards.positions(0, d.global_batch))
         shape = (rows, t, spec.side, spec.side, spec.num_channels)
-        batch["pixels"][spec.name] = rng.standard_normal(shape, np.float32)
-        batch["dates"][spec.name] = np.tile(np.arange(1, t + 1, dtype=np.int32) * 20, (shape[0], 1))
-        batch["time_valid"][spec.name] = np.ones((shape[0], t), bool)
+        batch.pixels[spec.name] = rng.standard_normal(shape, np.float32)
+        batch.dates[spec.name] = np.tile(np.arange(1, t + 1, dtype=np.int32) * 20, (shape[0], 1))
+        batch.time_valid[spec.name] = np.ones((shape[0], t), bool)
     return batch
 
 
@@ -149,15 +144,15 @@ def bench_case(trainer: Trainer, batches, case, peak: float, rng) -> dict:
         lambda s, b: (compiled(s, b)[0], b), (state, batch), _WARMUP.value, _STEPS.value
     )  # the step donates its state: keep the latest
     compiles = programs_built() - before
-    layout = host["layout"]
-    valid = int(layout["token_valid"].sum())
-    model_flops = flops_lib.train_step_flops(trainer.model_config, d.specs, layout, host["pixels"])
+    layout = host.layout
+    valid = int(layout.token_valid.sum())
+    model_flops = flops_lib.train_step_flops(trainer.model_config, d.specs, layout, host.pixels)
     row = {
         "case": f"{d.name}:{gsd:g}:" + "+".join(d.specs[i].name for i in kept),
         "batch": d.global_batch,
         "tokens": valid,
-        "padded_tokens": int(layout["token_valid"].shape[0]),
-        "padding": 1 - valid / layout["token_valid"].shape[0],
+        "padded_tokens": layout.length,
+        "padding": 1 - valid / layout.length,
         "step_s": median,
         "samples_per_s": d.global_batch / median,
         "tokens_per_s": valid * d.global_batch / median,
@@ -187,12 +182,8 @@ def compare_decoder_heads(trainer, d, host, batch, state, gsd) -> dict:
     specs = tuple(d.specs)
     side = int(d.specs[0].side * d.specs[0].gsd / gsd)
     graphdef = trainer.graphdef
-    batch = {
-        **{k: jax.tree.map(lambda x: x[:1], batch[k]) for k in ("pixels", "dates", "time_valid")},
-        "layout": batch["layout"],
-    }
-    length = host["layout"]["token_valid"].shape[0]
-    noise = jax.random.uniform(jax.random.key(0), (1, length))
+    batch = batch.map_samples(lambda x: x[:1])
+    noise = jax.random.uniform(jax.random.key(0), (1, host.layout.length))
 
     def latent_of(params, stats):
         model = state_lib.merge_model(graphdef, params, stats)
@@ -209,7 +200,7 @@ def compare_decoder_heads(trainer, d, host, batch, state, gsd) -> dict:
             return recon
         series = None
         if any(s.time_series for s in specs):
-            series = model.decoder.temporal(dec_tokens[:, 1:], batch, specs, batch["layout"])
+            series = model.decoder.temporal(dec_tokens[:, 1:], batch, specs, batch.layout)
         return original_order_recon(model.decoder, dec_tokens, series, batch, specs, gsd, side)
 
     timings = {}

@@ -27,7 +27,7 @@ layout by ``data_prep.standins`` and converted by its own ``data_prep`` converte
 ever silently replaced by something else.
 
 Padding fraction: padded token slots / all token slots over the N batches. A batch of B samples
-whose layout has L token slots, V of them valid (``layout["token_valid"]``), holds B * L slots
+whose layout has L token slots, V of them valid (``layout.token_valid``), holds B * L slots
 of which B * (L - V) are padding; samples are what the accelerator processes, so larger batches
 weigh more. The same for the time-series sub-sequence (``ts_valid``).
 """
@@ -48,6 +48,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from ramen_jax import cli
+from ramen_jax.batch import HostBatch
 from ramen_jax.data import data_location, pipeline
 
 DEFAULT_WORKDIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "ramen_jax")
@@ -89,18 +90,18 @@ class DatasetTally:
     beyond_longest_slots: int = 0  # padding past the batch's longest series
     dates: dict = dataclasses.field(default_factory=dict)  # modality -> valid dates per sample
 
-    def add(self, batch: dict) -> None:
-        rows = batch_rows(batch)
-        layout = batch["layout"]
+    def add(self, host: HostBatch) -> None:
+        batch = host.batch
+        rows, layout = batch.batch_size, batch.layout
         self.steps += 1
         self.samples += rows
-        self.token_slots += rows * layout["token_valid"].size
-        self.padded_token_slots += rows * int(np.count_nonzero(~layout["token_valid"]))
-        self.series_slots += rows * layout["ts_valid"].size
-        self.padded_series_slots += rows * int(np.count_nonzero(~layout["ts_valid"]))
-        self.signatures.add(pipeline.signature(batch))
+        self.token_slots += rows * layout.token_valid.size
+        self.padded_token_slots += rows * int(np.count_nonzero(~layout.token_valid))
+        self.series_slots += rows * layout.ts_valid.size
+        self.padded_series_slots += rows * int(np.count_nonzero(~layout.ts_valid))
+        self.signatures.add(pipeline.signature(host))
         for name in self.series:
-            valid = np.asarray(batch["time_valid"][name])
+            valid = np.asarray(batch.time_valid[name])
             counts = valid.sum(axis=1)
             self.dates.setdefault(name, []).extend(int(c) for c in counts)
             self.date_slots += valid.size
@@ -127,10 +128,6 @@ class DatasetTally:
             "time_padding_fraction": fraction(self.padded_date_slots, self.date_slots),
             "time_bucket_padding_fraction": fraction(self.beyond_longest_slots, self.date_slots),
         }
-
-
-def batch_rows(batch: dict) -> int:
-    return next(iter(batch["pixels"].values())).shape[0]
 
 
 def fraction(part: int, whole: int) -> float:
@@ -164,7 +161,7 @@ def measure(config, tallies: dict, batches: int, num_workers: int, progress) -> 
     try:
         for index in range(batches):
             batch = next(iterator)
-            tallies[batch["dataset"]].add(batch)
+            tallies[batch.dataset].add(batch)
             progress(index + 1, time.perf_counter() - start)
         return time.perf_counter() - start
     finally:

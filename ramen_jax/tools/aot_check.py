@@ -190,8 +190,8 @@ def compile_step(trainer, batch):
     def spec(sh):
         return lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh)
 
-    args = {k: jax.tree.map(spec(split), batch[k]) for k in ("pixels", "dates", "time_valid")}
-    args["layout"] = jax.tree.map(spec(rep), batch["layout"])
+    args = batch.batch.map_samples(spec(split))
+    args = args.replace(layout=jax.tree.map(spec(rep), batch.batch.layout))
     state = jax.eval_shape(trainer.init_state)
     state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -200,7 +200,7 @@ def compile_step(trainer, batch):
     )
     start, kernel_calls = time.perf_counter(), []
     with kernel_attention_flops(kernel_calls):
-        lowered = trainer.step_fn(batch["dataset"]).lower(state, args)
+        lowered = trainer.step_fn(batch.dataset).lower(state, args)
     compiled = lowered.compile()
     return compiled, time.perf_counter() - start, float(sum(kernel_calls))
 
@@ -252,9 +252,8 @@ def failure_reason(error: Exception) -> str:
 
 
 def dataset_report(trainer, batch, chip: Chip | None, attention: str, chips: int) -> dict:
-    tokens = int(batch["layout"]["token_valid"].shape[0])
-    rows = next(iter(batch["pixels"].values())).shape[0]
-    entry = {"tokens": tokens, "time_slots": batch["time_slots"], "attention": attention}
+    tokens, rows = batch.batch.layout.length, batch.batch.batch_size
+    entry = {"tokens": tokens, "time_slots": batch.batch.time_slots, "attention": attention}
     empty = dict.fromkeys(("est_step_s", "tokens_per_s_per_chip", "mfu_bound"))
     try:
         compiled, seconds, kernel_flops = compile_step(trainer, batch)
@@ -271,7 +270,7 @@ def dataset_report(trainer, batch, chip: Chip | None, attention: str, chips: int
         }
     estimate = roofline(compiled, chip, rows * tokens, chips, kernel_flops)
     print(
-        f"  {batch['dataset']:<12} per chip: {estimate['flops'] / 1e12:.2f} TFLOP (of which "
+        f"  {batch.dataset:<12} per chip: {estimate['flops'] / 1e12:.2f} TFLOP (of which "
         f"{estimate['kernel_flops'] / 1e12:.2f} in attention kernels), "
         f"{estimate['bytes'] / 1e9:.2f} GB accessed"
     )
@@ -353,10 +352,10 @@ def main(argv):
     shapes = []
     for i, batch in enumerate(batches):
         entry = dataset_report(trainer, batch, chip, config.model.attention_impl, chips)
-        result["datasets"].setdefault(batch["dataset"], entry)  # the largest bucket's
-        shapes.append({"dataset": batch["dataset"], **entry})
+        result["datasets"].setdefault(batch.dataset, entry)  # the largest bucket's
+        shapes.append({"dataset": batch.dataset, **entry})
         progress = f" [{i + 1}/{len(batches)}]" if every else ""
-        print(describe(batch["dataset"], entry, chip) + progress, flush=True)
+        print(describe(batch.dataset, entry, chip) + progress, flush=True)
     if every:
         seconds = [e["compile_s"] for e in shapes if e["compile_s"] is not None]
         result["shapes"] = [

@@ -25,8 +25,8 @@ import time
 import jax
 import numpy as np
 
+from ramen_jax.batch import Batch, HostBatch, build_layout
 from ramen_jax.data import pipeline
-from ramen_jax.data.layout import build_layout
 from ramen_jax.training import sharding
 
 CACHE_SUBDIR = "compilation_cache"
@@ -56,20 +56,20 @@ def _abstract(array, where) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(np.shape(array), np.asarray(array).dtype, sharding=where)
 
 
-def _host_arrays(dataset: pipeline.DatasetPipeline, rows: int, time_slots: int) -> dict:
+def _host_batch(dataset: pipeline.DatasetPipeline, rows: int, time_slots: int, layout) -> Batch:
     """The batch arrays as ``StepBatches`` makes them (``prepare_sample``'s dtypes)."""
-    out = {"pixels": {}, "dates": {}, "time_valid": {}}
+    out = Batch(pixels={}, dates={}, time_valid={}, layout=layout)
     for spec in dataset.specs:
         slots = time_slots if spec.time_series else 1
-        out["pixels"][spec.name] = jax.ShapeDtypeStruct(
+        out.pixels[spec.name] = jax.ShapeDtypeStruct(
             (rows, slots, spec.side, spec.side, spec.num_channels), np.float32
         )
-        out["dates"][spec.name] = jax.ShapeDtypeStruct((rows, slots), np.int32)
-        out["time_valid"][spec.name] = jax.ShapeDtypeStruct((rows, slots), np.bool_)
+        out.dates[spec.name] = jax.ShapeDtypeStruct((rows, slots), np.int32)
+        out.time_valid[spec.name] = jax.ShapeDtypeStruct((rows, slots), np.bool_)
     return out
 
 
-def step_shapes(batches: pipeline.StepBatches) -> list[dict]:
+def step_shapes(batches: pipeline.StepBatches) -> list[HostBatch]:
     """One host batch (of this process, arrays abstract) per step signature the run can meet."""
     found = {}
     for index, dataset in enumerate(batches.datasets):
@@ -81,17 +81,16 @@ def step_shapes(batches: pipeline.StepBatches) -> list[dict]:
                     for time_slots in dataset.time_buckets:
                         key = (dataset.name, dataset.bucket(names, gsd), time_slots)
                         if key not in found:
-                            found[key] = {
-                                **_host_arrays(dataset, rows, time_slots),
-                                "layout": batches.layout(index, gsd, kept),
-                                "dataset": dataset.name,
-                            }
+                            layout = batches.layout(index, gsd, kept)
+                            found[key] = HostBatch(
+                                dataset.name, _host_batch(dataset, rows, time_slots, layout)
+                            )
     return list(found.values())
 
 
 def largest_step_shapes(
     datasets, mask_ratio: float, per_dataset: int = 1, every_time_bucket: bool = False
-) -> list[dict]:
+) -> list[HostBatch]:
     """Host batches (shapes only) for each dataset's ``per_dataset`` largest token buckets
     (0: all of them), each with its largest time bucket, or every time bucket with
     ``every_time_bucket``: ``largest_step_shapes(datasets, r, 0, True)`` is every step shape
@@ -120,24 +119,18 @@ def largest_step_shapes(
                 mask_ratio=mask_ratio,
             )
             for slots in times if every_time_bucket else times[:1]:
-                arrays = _host_arrays(d, d.global_batch, slots)
-                out.append({**arrays, "layout": layout, "dataset": d.name, "time_slots": slots})
+                out.append(HostBatch(d.name, _host_batch(d, d.global_batch, slots, layout)))
     return out
 
 
-def abstract_device_batch(host_batch: dict, global_batch: int, mesh, rules) -> dict:
+def abstract_device_batch(host_batch: Batch, global_batch: int, mesh, rules) -> Batch:
     """What ``sharding.device_batch`` makes of ``host_batch``, as ShapeDtypeStructs."""
     split = sharding.batch_sharding(mesh, rules)
     rep = sharding.replicated(mesh)
-    arrays = {
-        key: {
-            name: jax.ShapeDtypeStruct((global_batch, *x.shape[1:]), x.dtype, sharding=split)
-            for name, x in host_batch[key].items()
-        }
-        for key in ("pixels", "dates", "time_valid")
-    }
-    arrays["layout"] = jax.tree.map(lambda x: _abstract(x, rep), host_batch["layout"])
-    return arrays
+    arrays = host_batch.map_samples(
+        lambda x: jax.ShapeDtypeStruct((global_batch, *x.shape[1:]), x.dtype, sharding=split)
+    )
+    return arrays.replace(layout=jax.tree.map(lambda x: _abstract(x, rep), host_batch.layout))
 
 
 def compile_all(trainer, checkpointer, *, previews: bool) -> str:
@@ -158,14 +151,14 @@ def compile_all(trainer, checkpointer, *, previews: bool) -> str:
     shapes = step_shapes(batches)
     for host in shapes:
         signature = pipeline.signature(host)
-        name = host["dataset"]
-        batch = abstract_device_batch(host, global_batches[name], trainer.mesh, trainer.rules)
+        name = host.dataset
+        batch = abstract_device_batch(host.batch, global_batches[name], trainer.mesh, trainer.rules)
         trainer.programs.prepare(("step", signature), trainer.step_fn(name), state, batch)
         if previews:
             trainer.programs.prepare(("preview", signature), trainer.preview_fn(name), state, batch)
         trainer.compiled_signatures.add(signature)
     checkpointer.prepare(trainer.abstract_state())
-    per_dataset = {n: sum(h["dataset"] == n for h in shapes) for n in global_batches}
+    per_dataset = {n: sum(h.dataset == n for h in shapes) for n in global_batches}
     return (
         f"precompiled {len(shapes)} step shapes {per_dataset}"
         + (" with their previews" if previews else "")

@@ -124,11 +124,9 @@ def load_init_from(directory: str, state: step_lib.TrainState, reporter) -> step
 
 def describe_step(host_batch) -> str:
     """What a step runs, for messages that compare hosts."""
-    layout = host_batch["layout"]
-    rows = next(iter(host_batch["pixels"].values())).shape[0]
-    return (
-        f"{host_batch['dataset']} ({layout['token_valid'].shape[0]} token slots, {rows} local rows)"
-    )
+    batch = host_batch.batch
+    rows = batch.batch_size
+    return f"{host_batch.dataset} ({batch.layout.length} token slots, {rows} local rows)"
 
 
 class Trainer:
@@ -227,19 +225,16 @@ class Trainer:
             def run(state, batch):
                 model = state_lib.merge_model(self.graphdef, state.params, state.batch_stats)
                 noise_key, _ = step_lib.step_keys(self.options.seed, state.step - 1)
-                length = batch["layout"]["token_valid"].shape[0]
-                batch_size = next(iter(batch["pixels"].values())).shape[0]
-                noise = jax.random.uniform(noise_key, (batch_size, length))
+                layout, batch_size = batch.layout, batch.batch_size
+                noise = jax.random.uniform(noise_key, (batch_size, layout.length))
                 out = model(batch, specs, noise, train=False)
-                layout = batch["layout"]
-                side = layout["enc_resize"][specs[0].name].shape[0]
                 hidden = {
                     s.name: loss_lib.pixel_weights(
                         out["mask"],
-                        layout["grid_token"][s.name],
-                        layout["mask_index"][s.name],
+                        layout.grid_token[s.name],
+                        layout.mask_index[s.name],
                         jnp.ones((batch_size, 1), bool),
-                        side,
+                        layout.grid_pad,
                     )[0, 0]
                     for s in specs
                 }
@@ -366,8 +361,8 @@ class Trainer:
                 signature = pipeline.signature(host_batch)
                 new_shape = signature not in shapes_run
                 shapes_run.add(signature)
-                batch = sharding.device_batch(host_batch, self.mesh, self.rules)
-                step_fn = self.step_fn(host_batch["dataset"])
+                batch = sharding.device_batch(host_batch.batch, self.mesh, self.rules)
+                step_fn = self.step_fn(host_batch.dataset)
                 if new_shape:  # compiled before the hosts agree: none waits in a collective
                     # while another compiles (CPU collectives give up after 30 s)
                     self.programs.prepare(("step", signature), step_fn, state, batch)
@@ -389,8 +384,8 @@ class Trainer:
                 done = step + 1
                 pending.append((done, metrics))
                 reporter.count_tokens(
-                    int(host_batch["layout"]["token_valid"].sum())
-                    * global_batch[host_batch["dataset"]]
+                    int(host_batch.batch.layout.token_valid.sum())
+                    * global_batch[host_batch.dataset]
                 )
                 if done % config.log_every_steps == 0 or done == config.total_steps:
                     flush(done)
@@ -418,7 +413,7 @@ class Trainer:
         return state
 
     def write_preview(self, state, host_batch, batch, step, signature):
-        preview_fn = self.preview_fn(host_batch["dataset"])
+        preview_fn = self.preview_fn(host_batch.dataset)
         recon, hidden = self.programs(("preview", signature), preview_fn, state, batch)
         if jax.process_index() == 0:
             recon = {k: np.asarray(jax.device_get(v)) for k, v in recon.items()}
@@ -426,8 +421,8 @@ class Trainer:
             previews.write_previews(
                 storage.join(self.workdir, "previews"),
                 step,
-                self.specs[host_batch["dataset"]],
-                host_batch,
+                self.specs[host_batch.dataset],
+                host_batch.batch,
                 recon,
                 hidden,
             )
