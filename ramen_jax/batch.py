@@ -99,8 +99,8 @@ class Layout:
 class Batch:
     """The inputs of one step: per-sample arrays by modality name, and the step's layout.
 
-    ``layout`` is None only in the micro-batches a scan carries (``map_samples``), which put
-    the shared layout back before the forward."""
+    ``layout`` is None only in the micro-batches that gradient accumulation scans over
+    (``ramen_jax.training.step``), which put the shared layout back before the forward."""
 
     pixels: dict  # name -> float32 [B, T_m, H_m, H_m, C_m]
     dates: dict  # name -> int32 [B, T_m]
