@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ramen_jax import sensors
+from ramen_jax.batch import Batch, build_layout
 from ramen_jax.convert import mapping
-from ramen_jax.data.layout import build_layout
 from ramen_jax.model import state as state_lib
 from ramen_jax.model.mae import ModelConfig
 
@@ -131,7 +131,7 @@ def dataset_specs(case: dict) -> list[sensors.ModalitySpec]:
     ]
 
 
-def batch(case: dict, dtype) -> tuple[list[sensors.ModalitySpec], dict]:
+def batch(case: dict, dtype) -> tuple[list[sensors.ModalitySpec], Batch]:
     """Specs of the kept modalities (dataset order) and the batch built from the fixture."""
     arrays = load(case["file"])
     all_specs = dataset_specs(case)
@@ -148,7 +148,7 @@ def batch(case: dict, dtype) -> tuple[list[sensors.ModalitySpec], dict]:
     pixels = {s.name: arrays[f"x/{s.name}"].transpose(0, 1, 3, 4, 2).astype(dtype) for s in specs}
     dates = {s.name: arrays[f"x/{s.name}_dates"] for s in specs}
     valid = {s.name: np.ones(d.shape, bool) for s, d in zip(specs, dates.values(), strict=True)}
-    b = {"pixels": pixels, "dates": dates, "time_valid": valid, "layout": layout}
+    b = Batch(pixels=pixels, dates=dates, time_valid=valid, layout=layout)
     return specs, jax.tree.map(jnp.asarray, b)
 
 
@@ -163,8 +163,8 @@ def f64_overrides(case: dict, specs, layout) -> dict:
     if series:
         names = [s.name for s in specs]
         steps = max(arrays[f"x/{s.name}"].shape[1] for s in series)
-        ts_modality = np.asarray(layout["ts_modality"])
-        ts_valid = np.asarray(layout["ts_valid"])
+        ts_modality = np.asarray(layout.ts_modality)
+        ts_valid = np.asarray(layout.ts_valid)
         for key, prefix in (
             ("ltae_date_code", "f64/ltae_pe/"),
             ("dec_date_code", "f64/dec_temporal_pe/"),

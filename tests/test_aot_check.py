@@ -64,14 +64,9 @@ def test_datasets_flag_keeps_the_named_datasets_and_refuses_unknown_ones():
     assert "--datasets sentinel: not in the config (flairhub, mmearth, worldstrat)" in result.stderr
 
 
-def _shape_key(batch):
-    layout = batch["layout"]
-    return (
-        batch["dataset"],
-        layout["token_valid"].shape[0],
-        layout["ts_token"].shape[0],
-        batch["pixels"]["s2"].shape[1],
-    )
+def _shape_key(host):
+    layout = host.batch.layout
+    return (host.dataset, layout.length, layout.series_length, host.batch.pixels["s2"].shape[1])
 
 
 def test_all_shapes_are_the_step_shapes_a_run_compiles():
@@ -84,9 +79,9 @@ def test_all_shapes_are_the_step_shapes_a_run_compiles():
     assert sorted(map(_shape_key, every)) == sorted(run)  # each once
     largest = precompile.largest_step_shapes(datasets, 0.75, 1)
     assert [_shape_key(b) for b in largest] == [max(run, key=lambda k: (k[1], k[2], k[3]))]
-    for batch in every:
-        assert batch["time_slots"] == batch["pixels"]["s2"].shape[1]
-        assert batch["pixels"]["s2"].shape[0] == step_batches.datasets[0].global_batch
+    for host in every:
+        assert host.batch.time_slots == host.batch.pixels["s2"].shape[1]
+        assert host.batch.pixels["s2"].shape[0] == step_batches.datasets[0].global_batch
 
 
 DATASET_KEYS = {

@@ -131,7 +131,7 @@ def recount(result: dict) -> dict:
         reference = dataset.specs[0]
         side = geometry.grid_side(reference.side, reference.gsd, draw.effective_gsd)
         tokens = len(draw.kept) * side * side
-        slots = len(batch["layout"]["token_modality"])
+        slots = len(batch.batch.layout.token_modality)
         rows = config.data.datasets[dataset.name].per_device_batch
         count = counts[dataset.name]
         count["signatures"].add(pipeline.signature(batch))

@@ -25,8 +25,8 @@ from conftest import xla_flags
 from flax import nnx
 
 from ramen_jax import sensors
+from ramen_jax.batch import Batch, build_layout
 from ramen_jax.convert import checkpoints, model_io
-from ramen_jax.data.layout import build_layout
 from ramen_jax.encode import __main__ as cli
 from ramen_jax.encode import geotiff, inputs, runner
 from ramen_jax.model import state as state_lib
@@ -133,12 +133,12 @@ def direct_maps(encode, pixels_hwc, spec, gsd):
     normalised as the scene path documents (per-scene, per-band mean and std)."""
     mean, std = pixels_hwc.mean(axis=(0, 1)), pixels_hwc.std(axis=(0, 1))
     x = ((pixels_hwc - mean) / std).astype(np.float32)[None, None]
-    batch = {
-        "pixels": {spec.name: x},
-        "dates": {spec.name: np.ones((1, 1), np.int32)},
-        "time_valid": {spec.name: np.ones((1, 1), bool)},
-        "layout": build_layout([spec], [spec.name], gsd),
-    }
+    batch = Batch(
+        pixels={spec.name: x},
+        dates={spec.name: np.ones((1, 1), np.int32)},
+        time_valid={spec.name: np.ones((1, 1), bool)},
+        layout=build_layout([spec], [spec.name], gsd),
+    )
     tokens = np.asarray(encode(batch, [spec]))
     side = int(round(np.sqrt(tokens.shape[1] - 1)))
     return tokens[0, 1:].reshape(side, side, -1).transpose(2, 0, 1), tokens[0, 0]
@@ -191,12 +191,12 @@ def test_multi_block_output_is_pangaea_layout(model_dir):
     }
     encoded = encoder.encode(pixels, specs, 40.0, blocks=[0, 1])
     side, width = 6, TINY.embed_dim
-    batch = {
-        "pixels": {k: v.astype(np.float32) for k, v in pixels.items()},
-        "dates": {s.name: np.ones((3, 1), np.int32) for s in specs},
-        "time_valid": {s.name: np.ones((3, 1), bool) for s in specs},
-        "layout": build_layout(specs, [s.name for s in specs], 40.0),
-    }
+    batch = Batch(
+        pixels={k: v.astype(np.float32) for k, v in pixels.items()},
+        dates={s.name: np.ones((3, 1), np.int32) for s in specs},
+        time_valid={s.name: np.ones((3, 1), bool) for s in specs},
+        layout=build_layout(specs, [s.name for s in specs], 40.0),
+    )
     blocks = jitted_encoder(TINY, params, stats, "block_outputs")
     outputs = [np.asarray(o) for o in blocks(batch, specs, [0, 1])]
     for block, tokens in enumerate(outputs):

@@ -9,8 +9,8 @@ import numpy as np
 import parity_cases as pc
 import pytest
 
+from ramen_jax.batch import Batch, build_layout
 from ramen_jax.convert import mapping
-from ramen_jax.data.layout import build_layout
 from ramen_jax.model import attention as attention_lib
 from ramen_jax.model import decoder as decoder_lib
 from ramen_jax.model import state as state_lib
@@ -27,7 +27,7 @@ def test_decoder_head_in_original_order_matches_the_refactor(file):
     with jax.enable_x64(True):
         model = pc.build(jnp.float64)
         specs, batch = pc.batch(case, np.float64)
-        overrides = pc.f64_overrides(case, specs, batch["layout"])
+        overrides = pc.f64_overrides(case, specs, batch.layout)
         graphdef, params, stats = state_lib.split_model(model)
         side = int(case["tokens_per_modality"] ** 0.5)
 
@@ -38,7 +38,7 @@ def test_decoder_head_in_original_order_matches_the_refactor(file):
             series = None
             if any(s.time_series for s in specs):
                 series = m.decoder.temporal(
-                    out["dec_tokens"][:, 1:], batch, tuple(specs), batch["layout"], overrides
+                    out["dec_tokens"][:, 1:], batch, tuple(specs), batch.layout, overrides
                 )
             slow = original_order_recon(
                 m.decoder,
@@ -78,8 +78,8 @@ def test_padded_tokens_never_change_valid_tokens(implementation, monkeypatch):
     specs, batch = pc.batch(case, np.float32)
     all_specs = pc.dataset_specs(case)
     keep = case["modalities_keep"]
-    length = int(batch["layout"]["token_valid"].shape[0])
-    series = int(batch["layout"]["ts_token"].shape[0])
+    length = batch.layout.length
+    series = batch.layout.series_length
     padded_layout = build_layout(
         specs,
         keep,
@@ -89,7 +89,7 @@ def test_padded_tokens_never_change_valid_tokens(implementation, monkeypatch):
         token_bucket=3 * length,
         series_bucket=2 * series,
     )
-    padded = dict(batch, layout=jax.tree.map(jnp.asarray, padded_layout))
+    padded = batch.replace(layout=jax.tree.map(jnp.asarray, padded_layout))
     graphdef, params, stats = state_lib.split_model(model)
     encode = jax.jit(
         lambda b: state_lib.merge_model(graphdef, params, stats).encoder(b, tuple(specs))
@@ -126,9 +126,9 @@ def test_remat_scan_and_chunked_attention_compute_the_original_loss_and_gradient
     with jax.enable_x64(True):
         model = pc.build(jnp.float64, **options)
         specs, batch = pc.batch(case, np.float64)
-        assert batch["layout"]["token_valid"].shape[0] > 2 * attention_lib.ATTENTION_CHUNK
-        assert batch["layout"]["ts_token"].shape[0] > 2 * decoder_lib.TEMPORAL_CHUNK_TOKENS
-        overrides = pc.f64_overrides(case, specs, batch["layout"])
+        assert batch.layout.length > 2 * attention_lib.ATTENTION_CHUNK
+        assert batch.layout.series_length > 2 * decoder_lib.TEMPORAL_CHUNK_TOKENS
+        overrides = pc.f64_overrides(case, specs, batch.layout)
         graphdef, params, stats = state_lib.split_model(model)
         noise = jnp.asarray(arrays["mask_noise"], jnp.float64)
         out, _, grads = jax.jit(
@@ -167,15 +167,15 @@ def test_a_step_that_keeps_no_time_series_modality():
         reference=all_specs[0],
         mask_ratio=pc.config()["meta"]["mask_ratio"],
     )
-    assert layout["ts_token"].shape == (0,)
+    assert layout.ts_token.shape == (0,)
     pixels = {s.name: arrays[f"x/{s.name}"].transpose(0, 1, 3, 4, 2) for s in all_specs}
     dates = {s.name: arrays[f"x/{s.name}_dates"] for s in all_specs}
     valid = {name: np.ones(d.shape, bool) for name, d in dates.items()}
     batch = jax.tree.map(
-        jnp.asarray, {"pixels": pixels, "dates": dates, "time_valid": valid, "layout": layout}
+        jnp.asarray, Batch(pixels=pixels, dates=dates, time_valid=valid, layout=layout)
     )
     graphdef, params, stats = state_lib.split_model(pc.build(jnp.float32))
-    noise = jax.random.uniform(jax.random.key(0), layout["token_valid"].shape)[None]
+    noise = jax.random.uniform(jax.random.key(0), layout.token_valid.shape)[None]
     noise = jnp.broadcast_to(noise, (pixels[kept[0]].shape[0], noise.shape[1]))
     out, _, grads = jax.jit(
         lambda p, s, b, n: step_lib.loss_and_grads(graphdef, p, s, b, tuple(all_specs), n)

@@ -24,7 +24,7 @@ SERIES_CASES = [c for c in ENCODER_CASES if any(t > 1 for t in c["T"].values())]
 
 def _intermediates(model, batch, specs, overrides):
     """Everything the fixtures store for an encoder case, from one (jitted) call."""
-    enc, layout = model.encoder, batch["layout"]
+    enc, layout = model.encoder, batch.layout
     dtype = enc.cls_token[...].dtype
     out = {
         "tokens": enc(batch, specs, train=False, overrides=overrides),
@@ -36,19 +36,17 @@ def _intermediates(model, batch, specs, overrides):
         ],
     }
     if any(s.time_series for s in specs):
-        grids = [
-            tok.resize_to_grid(batch["pixels"][s.name], layout["enc_resize"][s.name]) for s in specs
-        ]
+        grids = [tok.resize_to_grid(batch.pixels[s.name], layout.enc_resize[s.name]) for s in specs]
         series = tok.gather_series_tokens(grids, out["spec"], specs, layout, dtype)
-        weights = enc.resampler.gate(layout["enc_scale"].astype(dtype))
-        series = enc.resampler.mix_experts(series, weights[layout["ts_modality"]][:, None])
+        weights = enc.resampler.gate(layout.enc_scale.astype(dtype))
+        series = enc.resampler.mix_experts(series, weights[layout.ts_modality][:, None])
         dates, valid = tok.series_dates(batch, specs, layout)
         out["ltae"] = enc.ltae(
             series,
             dates,
             valid,
             tok.series_groups(specs, layout, dtype),
-            layout["kept_rank"],
+            layout.kept_rank,
             train=False,
             date_code=(overrides or {}).get("ltae_date_code"),
         )
@@ -61,7 +59,7 @@ def _run(file, f64):
     with jax.enable_x64(f64):
         model = pc.build(jnp.float64 if f64 else jnp.float32)
         specs, batch = pc.batch(case, np.float64 if f64 else np.float32)
-        overrides = pc.f64_overrides(case, specs, batch["layout"]) if f64 else None
+        overrides = pc.f64_overrides(case, specs, batch.layout) if f64 else None
         graphdef, params, stats = state_lib.split_model(model)
 
         @jax.jit
@@ -116,12 +114,12 @@ def test_ltae_output(file, f64):
 def test_position_code_float32(file):
     """Our float32 2-D code against the original's float32 table (1-ulp sin/cos differences)."""
     case, specs, batch, _ = _run(file, False)
-    layout = batch["layout"]
+    layout = batch.layout
     code = np.asarray(
         grid_position_code(
-            layout["token_row"],
-            layout["token_col"],
-            layout["effective_gsd"],
+            layout.token_row,
+            layout.token_col,
+            layout.effective_gsd,
             pc.config()["size"]["embed_dim"],
         )
     )

@@ -32,7 +32,7 @@ def _run(file, f64):
         dtype = jnp.float64 if f64 else jnp.float32
         model = pc.build(dtype)
         specs, batch = pc.batch(case, np.float64 if f64 else np.float32)
-        overrides = pc.f64_overrides(case, specs, batch["layout"]) if f64 else None
+        overrides = pc.f64_overrides(case, specs, batch.layout) if f64 else None
         graphdef, params, stats = state_lib.split_model(model)
         optimizer = torch_adamw(
             OPT["lr"],

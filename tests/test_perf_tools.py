@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 from test_time_buckets import batches
 
+from ramen_jax import sensors
+from ramen_jax.batch import Batch, HostBatch, build_layout
 from ramen_jax.data import pipeline
 from ramen_jax.perf import compiled as compiled_lib
 from ramen_jax.perf import synthetic
+from ramen_jax.sensors import ModalitySpec
 from ramen_jax.training import precompile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -77,35 +80,37 @@ def test_synthetic_batch_has_a_run_step_shape_and_valid_dates():
     rng = np.random.default_rng(0)
     for step in range(6):
         draw = step_batches.draw(step)
-        batch = synthetic.random_batch(step_batches, 0, draw.effective_gsd, draw.kept, rng)
-        assert pipeline.signature(batch) in run_signatures  # compiles as a run's step does
+        host = synthetic.random_batch(step_batches, 0, draw.effective_gsd, draw.kept, rng)
+        assert pipeline.signature(host) in run_signatures  # compiles as a run's step does
+        batch = host.batch
         layout = step_batches.layout(0, draw.effective_gsd, draw.kept)  # the draw's own
-        pairs = zip(jax.tree.leaves(batch["layout"]), jax.tree.leaves(layout), strict=True)
+        pairs = zip(jax.tree.leaves(batch.layout), jax.tree.leaves(layout), strict=True)
         assert all(ours is real for ours, real in pairs)
-        for name, dates in batch["dates"].items():
+        for name, dates in batch.dates.items():
             assert dates.dtype == np.int32 and np.all(np.diff(dates, axis=1) > 0), name
-            assert batch["time_valid"][name].all()
-        slots = {name: x.shape[1] for name, x in batch["pixels"].items()}
+            assert batch.time_valid[name].all()
+        slots = {name: x.shape[1] for name, x in batch.pixels.items()}
         assert slots == {s.name: max(dataset.time_buckets) if s.time_series else 1
                          for s in dataset.specs}  # fmt: skip
-    pixels = np.concatenate([x.ravel() for x in batch["pixels"].values()])
+    pixels = np.concatenate([x.ravel() for x in batch.pixels.values()])
     assert abs(pixels.mean()) < 0.05 and pixels.std() == pytest.approx(1, abs=0.05)
 
 
 def test_filled_replaces_only_abstract_arrays():
-    abstract = {
-        "pixels": {"a": jax.ShapeDtypeStruct((2, 3, 4, 4, 1), np.float32)},
-        "dates": {"a": jax.ShapeDtypeStruct((2, 3), np.int32)},
-        "time_valid": {"a": jax.ShapeDtypeStruct((2, 3), np.bool_)},
-        "layout": {"token_valid": np.array([True, False])},
-        "dataset": "toy",
-    }
+    layout = build_layout((ModalitySpec("a", sensors.OPTICAL, (490.0,), 10.0, 4),), ["a"], 20.0)
+    abstract = HostBatch("toy", Batch(
+        pixels={"a": jax.ShapeDtypeStruct((2, 3, 4, 4, 1), np.float32)},
+        dates={"a": jax.ShapeDtypeStruct((2, 3), np.int32)},
+        time_valid={"a": jax.ShapeDtypeStruct((2, 3), np.bool_)},
+        layout=layout,
+    ))  # fmt: skip
     out = synthetic.filled(abstract, np.random.default_rng(1))
-    assert out["layout"]["token_valid"] is abstract["layout"]["token_valid"]
-    assert out["dataset"] == "toy"
-    np.testing.assert_array_equal(out["dates"]["a"], [[20, 40, 60], [20, 40, 60]])
-    assert out["time_valid"]["a"].dtype == np.bool_ and out["time_valid"]["a"].all()
-    assert out["pixels"]["a"].shape == (2, 3, 4, 4, 1) and out["pixels"]["a"].dtype == np.float32
+    assert out.batch.layout.token_valid is layout.token_valid
+    assert out.dataset == "toy"
+    batch = out.batch
+    np.testing.assert_array_equal(batch.dates["a"], [[20, 40, 60], [20, 40, 60]])
+    assert batch.time_valid["a"].dtype == np.bool_ and batch.time_valid["a"].all()
+    assert batch.pixels["a"].shape == (2, 3, 4, 4, 1) and batch.pixels["a"].dtype == np.float32
 
 
 MEMORY_FIELDS = ("peak_memory", "argument_size", "output_size", "temp_size", "alias_size")

@@ -26,33 +26,36 @@ def demo_batches(seed=0, process_index=0, process_count=1, batch=4, max_buckets=
 
 
 def assert_batches_equal(a, b):
-    assert a["dataset"] == b["dataset"] and int(a["step"]) == int(b["step"])
+    assert a.dataset == b.dataset and a.step == b.step
+    assert_trees_equal(a.batch, b.batch)
+
+
+def assert_trees_equal(a, b):
     flat_a, flat_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-    assert len(flat_a) == len(flat_b)
+    assert jax.tree.structure(a) == jax.tree.structure(b) and len(flat_a) == len(flat_b)
     for x, y in zip(flat_a, flat_b, strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_demo_batch_contents():
     batches = demo_batches()
-    batch = batches(0)
+    batch = batches(0).batch
     draw = batches.draw(0)
     specs = batches.datasets[0].specs
-    layout = batch["layout"]
+    layout = batch.layout
     for spec in specs:
-        x = batch["pixels"][spec.name]
+        x = batch.pixels[spec.name]
         assert x.dtype == np.float32 and x.shape == (4, 1, spec.side, spec.side, spec.num_channels)
         assert np.all(np.isfinite(x))
-        assert batch["dates"][spec.name].shape == (4, 1)
+        assert batch.dates[spec.name].shape == (4, 1)
     kept = [specs[i].name for i in draw.kept]
     side = int(specs[0].side * specs[0].gsd / draw.effective_gsd)
-    assert int(layout["token_valid"].sum()) == len(kept) * side * side
-    assert int(layout["num_keep"]) == int(len(kept) * side * side * 0.25)
-    assert [
-        specs[i].name for i in np.unique(layout["token_modality"][layout["token_valid"]])
-    ] == sorted(kept, key=[s.name for s in specs].index)
+    assert int(layout.token_valid.sum()) == len(kept) * side * side
+    assert int(layout.num_keep) == int(len(kept) * side * side * 0.25)
+    present = np.unique(layout.token_modality[layout.token_valid])
+    assert [specs[i].name for i in present] == sorted(kept, key=[s.name for s in specs].index)
     # normalised with the demo statistics: roughly centred
-    stacked = np.concatenate([batch["pixels"][s.name].ravel() for s in specs])
+    stacked = np.concatenate([batch.pixels[s.name].ravel() for s in specs])
     assert abs(stacked.mean()) < 1.0 and 0.2 < stacked.std() < 5.0
 
 
@@ -61,7 +64,8 @@ def test_same_seed_same_stream_other_seed_differs():
     for step in (0, 1, 7):
         assert_batches_equal(a(step), b(step))
     assert any(
-        not np.array_equal(a(s)["pixels"]["s2_10m"], c(s)["pixels"]["s2_10m"]) for s in range(3)
+        not np.array_equal(a(s).batch.pixels["s2_10m"], c(s).batch.pixels["s2_10m"])
+        for s in range(3)
     )
 
 
@@ -80,15 +84,13 @@ def test_processes_read_disjoint_slices_of_the_global_batch():
     for step in range(3):
         full = whole(step)
         parts = [h(step) for h in halves]
-        for key in ("pixels", "dates", "time_valid"):
-            for name, x in full[key].items():
-                assert all(p[key][name].shape[0] == 2 for p in parts)
-                np.testing.assert_array_equal(np.concatenate([p[key][name] for p in parts]), x)
+        samples = [p.batch.replace(layout=None) for p in parts]  # per-sample arrays only
+        assert all(x.shape[0] == 2 for s in samples for x in jax.tree.leaves(s))
+        joined = jax.tree.map(lambda *xs: np.concatenate(xs), *samples)
+        assert_trees_equal(joined, full.batch.replace(layout=None))
         for part in parts:  # every process plans the same step
-            assert_batches_equal(
-                {"dataset": part["dataset"], "step": part["step"], "layout": part["layout"]},
-                {"dataset": full["dataset"], "step": full["step"], "layout": full["layout"]},
-            )
+            assert part.dataset == full.dataset and part.step == full.step
+            assert_trees_equal(part.batch.layout, full.batch.layout)
 
 
 def test_step_plan_follows_the_original_distribution():

@@ -79,18 +79,18 @@ def series_batches(fraction):
 def test_the_pipeline_drops_dates_per_load_reproducibly():
     batches = series_batches(0.3)
     first = batches(5)
-    valid = first["time_valid"]["s2"]
+    valid = first.batch.time_valid["s2"]
     assert valid.shape == (4, 7) and np.all(valid.sum(axis=1) == 7)  # time bucket: 7 dates
-    dates = first["dates"]["s2"][:, :7]
+    dates = first.batch.dates["s2"][:, :7]
     assert np.all(np.diff(dates, axis=1) > 0)
-    np.testing.assert_array_equal(dates, first["pixels"]["s2"][:, :7, 0, 0, 0])
-    np.testing.assert_array_equal(series_batches(0.3)(5)["dates"]["s2"], first["dates"]["s2"])
+    np.testing.assert_array_equal(dates, first.batch.pixels["s2"][:, :7, 0, 0, 0])
+    np.testing.assert_array_equal(series_batches(0.3)(5).batch.dates["s2"], first.batch.dates["s2"])
     subsets = {}  # sample -> the date subsets its loads kept (10 epochs: 10 loads each)
     for step in range(20):
-        for row in batches(step)["dates"]["s2"][:, :7]:
+        for row in batches(step).batch.dates["s2"][:, :7]:
             subsets.setdefault(int(row[0] % 10), set()).add(tuple(row // 10))
     assert len(subsets) == 8 and all(len(kept) > 1 for kept in subsets.values())
-    assert np.all(series_batches(0.0)(5)["time_valid"]["s2"].sum(axis=1) == DATES)
+    assert np.all(series_batches(0.0)(5).batch.time_valid["s2"].sum(axis=1) == DATES)
 
 
 def test_the_paper_config_drops_flairhub_sentinel_dates_only():

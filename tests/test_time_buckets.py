@@ -2,6 +2,7 @@
 
 import itertools
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -95,13 +96,13 @@ def test_series_are_never_cut_and_pad_to_the_global_batchs_bucket():
         draw = step_batches.draw(step)
         stream = step_batches.stream(0)
         rows = [stream[p] for p in range(draw.draw * 4, draw.draw * 4 + 4)]
-        valid = batch["time_valid"]["s2"]
+        valid = batch.batch.time_valid["s2"]
         longest = max(LENGTHS[i] for i in rows)
         assert valid.shape[1] == bk.pick_time_bucket(dataset.time_buckets, longest)
         assert valid.sum(axis=1).tolist() == [LENGTHS[i] for i in rows]  # every date kept
-        first_dates = batch["dates"]["s2"][:, 0]
+        first_dates = batch.batch.dates["s2"][:, 0]
         assert [int(d) // 100 for d in first_dates] == rows
-        assert batch["pixels"]["dem"].shape[1] == 1
+        assert batch.batch.pixels["dem"].shape[1] == 1
 
 
 def test_processes_agree_on_the_time_bucket_and_split_the_batch():
@@ -110,11 +111,9 @@ def test_processes_agree_on_the_time_bucket_and_split_the_batch():
     for step in range(12):
         full = whole(step)
         parts = [half(step) for half in halves]
-        for key in ("pixels", "dates", "time_valid"):
-            for name in full[key]:
-                np.testing.assert_array_equal(
-                    np.concatenate([p[key][name] for p in parts]), full[key][name]
-                )
+        samples = [p.batch.replace(layout=None) for p in parts]  # per-sample arrays only
+        joined = jax.tree.map(lambda *xs: np.concatenate(xs), *samples)
+        jax.tree.map(np.testing.assert_array_equal, joined, full.batch.replace(layout=None))
 
 
 def test_a_source_without_an_index_is_scanned_and_a_cap_still_applies():
@@ -124,11 +123,11 @@ def test_a_source_without_an_index_is_scanned_and_a_cap_still_applies():
     capped = batches(cap=16)
     assert capped.datasets[0].time_buckets[-1] == 16
     for step in range(6):
-        assert capped(step)["time_valid"]["s2"].sum(axis=1).max() <= 16
+        assert capped(step).batch.time_valid["s2"].sum(axis=1).max() <= 16
     dropped = batches(dropout=0.3)  # the bucket counts the dates the dropout keeps
     kept = [max(1, int(n * 0.7)) for n in LENGTHS]
     np.testing.assert_array_equal(dropped.datasets[0].series_steps, kept)
-    assert dropped(0)["time_valid"]["s2"].shape[1] in dropped.datasets[0].time_buckets
+    assert dropped(0).batch.time_valid["s2"].shape[1] in dropped.datasets[0].time_buckets
 
 
 def test_a_records_source_reads_its_date_index(tmp_path):

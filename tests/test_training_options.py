@@ -33,7 +33,7 @@ def trainer_and_batch(trainable=()):
     batches = pipeline.StepBatches(trainer.datasets, seed=0, mask_ratio=0.75)
     step = next(s for s in range(50) if len(batches.draw(s).kept) >= 2)
     host = batches(step)
-    return trainer, host, sharding.device_batch(host, trainer.mesh, trainer.rules)
+    return trainer, host, sharding.device_batch(host.batch, trainer.mesh, trainer.rules)
 
 
 def flat(tree):
@@ -44,7 +44,7 @@ def test_frozen_parameters_stay_put():
     trainer, host, batch = trainer_and_batch(("encoder/spectral_projector/.*", "decoder/blocks/.*"))
     state = trainer.init_state()
     before = flat(state.params)
-    after = flat(trainer.step_fn(host["dataset"])(state, batch)[0].params)
+    after = flat(trainer.step_fn(host.dataset)(state, batch)[0].params)
     moved = {"/".join(map(str, k)) for k in before if not np.array_equal(before[k], after[k])}
     assert moved and all(
         m.startswith(("encoder/spectral_projector/", "decoder/blocks/")) for m in moved
@@ -66,8 +66,8 @@ def _grads(trainer, state, batch, specs, options, noise):
 def test_contrastive_term_aligns_two_modality_groups():
     trainer, host, batch = trainer_and_batch()
     state = trainer.init_state()
-    specs = trainer.specs[host["dataset"]]
-    noise = jax.random.uniform(jax.random.key(0), (2, batch["layout"]["token_valid"].shape[0]))
+    specs = trainer.specs[host.dataset]
+    noise = jax.random.uniform(jax.random.key(0), (2, batch.layout.length))
     plain = step_lib.StepOptions()
     with_term = step_lib.StepOptions(contrastive_weight=1.0, contrastive_temperature=0.1)
     metrics, _, grads = jax.jit(functools.partial(_grads, trainer, specs=specs, options=with_term))(
@@ -81,9 +81,9 @@ def test_contrastive_term_aligns_two_modality_groups():
     delta = flat(jax.tree.map(jnp.subtract, grads, base_grads))
     assert any(np.abs(v).max() > 0 for k, v in delta.items() if k[:2] == ("encoder", "blocks"))
     assert all(np.all(v == 0) for k, v in delta.items() if k[0] == "decoder")
-    one_kept = dict(batch, layout=dict(batch["layout"]))
-    kept_rank = np.asarray(batch["layout"]["kept_rank"])
-    one_kept["layout"]["kept_rank"] = jnp.asarray(np.where(kept_rank < len(specs), 0, kept_rank))
+    kept_rank = np.asarray(batch.layout.kept_rank)
+    one_rank = jnp.asarray(np.where(kept_rank < len(specs), 0, kept_rank))
+    one_kept = batch.replace(layout=batch.layout.replace(kept_rank=one_rank))
     single, _, _ = jax.jit(functools.partial(_grads, trainer, specs=specs, options=with_term))(
         state, one_kept, noise=noise
     )
@@ -93,8 +93,8 @@ def test_contrastive_term_aligns_two_modality_groups():
 def test_gradient_accumulation_averages_micro_batches():
     trainer, host, batch = trainer_and_batch()
     state = trainer.init_state()
-    specs = trainer.specs[host["dataset"]]
-    noise = jax.random.uniform(jax.random.key(0), (2, batch["layout"]["token_valid"].shape[0]))
+    specs = trainer.specs[host.dataset]
+    noise = jax.random.uniform(jax.random.key(0), (2, batch.layout.length))
     accum = step_lib.StepOptions(grad_accum=2)
     _, _, grads = jax.jit(functools.partial(_grads, trainer, specs=specs, options=accum))(
         state, batch, noise=noise
@@ -106,8 +106,7 @@ def test_gradient_accumulation_averages_micro_batches():
     )
     halves = []
     for i in range(2):
-        part = {k: jax.tree.map(lambda x, i=i: x[i : i + 1], batch[k]) for k in step_lib.BATCH_KEYS}
-        part["layout"] = batch["layout"]
+        part = batch.map_samples(lambda x, i=i: x[i : i + 1])
         key = jax.random.fold_in(jax.random.key(1), i)
         halves.append(grads_of(state.params, state.batch_stats, part, noise[i : i + 1], key))
     mean = jax.tree.map(lambda a, b: (a + b) / 2, *halves)
@@ -145,15 +144,15 @@ def test_non_finite_loss_names_step_and_modality():
 def test_nan_inputs_are_zeroed_like_the_original():
     trainer, host, batch = trainer_and_batch()
     state = trainer.init_state()
-    specs = trainer.specs[host["dataset"]]
+    specs = trainer.specs[host.dataset]
     model = state_lib.merge_model(trainer.graphdef, state.params, state.batch_stats)
     name = specs[0].name
-    pixels = np.asarray(batch["pixels"][name]).copy()
+    pixels = np.asarray(batch.pixels[name]).copy()
     pixels[:, :, :3, :3] = np.nan
     zeros = pixels.copy()
     zeros[:, :, :3, :3] = 0
     outs = [
-        model.encoder(dict(batch, pixels={**batch["pixels"], name: jnp.asarray(p)}), specs)
+        model.encoder(batch.replace(pixels={**batch.pixels, name: jnp.asarray(p)}), specs)
         for p in (pixels, zeros)
     ]
     assert np.all(np.isfinite(outs[0]))

@@ -1,8 +1,9 @@
 """The Grain input pipeline: step plan -> samples -> normalised, padded batch + token layout.
 
 ``grain.MapDataset.range(total_steps).map(StepBatches(...))`` yields, for each step, the batch
-of *this process*: ``{"dataset", "step", "pixels", "dates", "time_valid", "layout"}``
-(``pixels[m]``: float32 ``[B_local, T_m, H_m, H_m, C_m]``). Because a step is a pure function of
+of *this process* as a ``ramen_jax.batch.HostBatch``: the dataset name, the step index and
+the ``Batch`` (``pixels[m]``: float32 ``[B_local, T_m, H_m, H_m, C_m]``, dates, time validity,
+the step's ``Layout``). Because a step is a pure function of
 its index, the step a checkpoint records is all a resumed run needs to read the exact next
 batch (``make_iterator(start_step=...)``); ``mp_prefetch`` runs the map in worker processes.
 
@@ -36,11 +37,11 @@ import numpy as np
 from absl import logging
 
 from ramen_jax import geometry, sensors
+from ramen_jax.batch import Batch, HostBatch, Layout, build_layout, sequence_lengths
 from ramen_jax.data import buckets as buckets_lib
 from ramen_jax.data import mixing as mixing_lib
 from ramen_jax.data import plan as plan_lib
 from ramen_jax.data import temporal_dropout
-from ramen_jax.data.layout import build_layout, sequence_lengths
 from ramen_jax.data.sources import SourceConfigError, make_source
 
 # Dates per series assumed for the shapes of a dataset whose data is not on this machine (a
@@ -79,7 +80,7 @@ class DatasetPipeline:
         tokens, series = sequence_lengths(self.specs, kept_names, side)
         return buckets_lib.pick_bucket(self.buckets, tokens, series)
 
-    def layout(self, kept: tuple, gsd: float, mask_ratio: float) -> dict:
+    def layout(self, kept: tuple, gsd: float, mask_ratio: float) -> Layout:
         """The layout of a draw keeping modalities ``kept`` (indices) at ``gsd``, padded to
         its token bucket."""
         names = [self.specs[i].name for i in kept]
@@ -308,19 +309,19 @@ class StepBatches:
         return self._streams[index]
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 (bounded; a few hundred step signatures)
-    def layout(self, dataset_index: int, gsd: float, kept: tuple) -> dict:
+    def layout(self, dataset_index: int, gsd: float, kept: tuple) -> Layout:
         return self.datasets[dataset_index].layout(kept, gsd, self.mask_ratio)
 
     def draw(self, step: int) -> plan_lib.StepDraw:
         return self.plan(step)
 
-    def __call__(self, step: int) -> dict:
+    def __call__(self, step: int) -> HostBatch:
         draw = self.plan(int(step))
         return self.assemble(
             step, draw.dataset, draw.effective_gsd, draw.kept, draw.draw, self.stream(draw.dataset)
         )
 
-    def assemble(self, step, dataset_index, gsd, kept, draw, stream) -> dict:
+    def assemble(self, step, dataset_index, gsd, kept, draw, stream) -> HostBatch:
         """The ``draw``-th batch of a dataset: global rows ``[draw * B, (draw + 1) * B)`` of
         ``stream`` (position -> sample index), this process's rows loaded."""
         d = self.datasets[dataset_index]
@@ -347,14 +348,12 @@ class StepBatches:
                     time_caps=d.time_caps,
                 )
             )
-        batch = {"pixels": {}, "dates": {}, "time_valid": {}}
-        for spec in d.specs:
-            for i, key in enumerate(("pixels", "dates", "time_valid")):
-                batch[key][spec.name] = np.stack([p[spec.name][i] for p in prepared])
-        batch["layout"] = self.layout(dataset_index, gsd, kept)
-        batch["dataset"] = d.name
-        batch["step"] = np.asarray(step, np.int64)
-        return batch
+        pixels, dates, time_valid = (
+            {spec.name: np.stack([p[spec.name][i] for p in prepared]) for spec in d.specs}
+            for i in range(3)
+        )
+        batch = Batch(pixels, dates, time_valid, self.layout(dataset_index, gsd, kept))
+        return HostBatch(dataset=d.name, step=int(step), batch=batch)
 
 
 class ValidationBatches(StepBatches):
@@ -375,7 +374,7 @@ class ValidationBatches(StepBatches):
     def __len__(self) -> int:
         return len(self.order)
 
-    def __call__(self, index: int) -> dict:
+    def __call__(self, index: int) -> HostBatch:
         dataset_index, draw = self.order[index]
         d = self.datasets[dataset_index]
         rng = np.random.default_rng([self.seed, 0x7A11D, dataset_index, draw])
@@ -433,9 +432,7 @@ def ignore_stop_signals(worker_index: int, worker_count: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def signature(batch: dict) -> tuple:
+def signature(host: HostBatch) -> tuple:
     """What XLA compiles for: dataset and every array shape (the layout's included)."""
-    leaves = jax.tree_util.tree_flatten_with_path(
-        {k: v for k, v in batch.items() if k not in ("dataset", "step")}
-    )[0]
-    return (batch["dataset"],) + tuple((jax.tree_util.keystr(p), np.shape(v)) for p, v in leaves)
+    leaves = jax.tree_util.tree_flatten_with_path(host.batch)[0]
+    return (host.dataset,) + tuple((jax.tree_util.keystr(p), np.shape(v)) for p, v in leaves)

@@ -33,8 +33,8 @@ from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from ramen_jax import sensors
+from ramen_jax.batch import Batch, Layout, build_layout
 from ramen_jax.convert.checkpoints import ENCODER, EncoderWeights
-from ramen_jax.data.layout import build_layout
 from ramen_jax.encode.inputs import EncodeError
 from ramen_jax.model import attention as attention_lib
 from ramen_jax.model import state as state_lib
@@ -132,7 +132,7 @@ class FrozenEncoder:
         return jax.jit(attention_lib.under_mesh(self.mesh, forward))
 
     @functools.lru_cache(maxsize=64)  # noqa: B019
-    def layout(self, specs: tuple, effective_gsd: float, reference: sensors.ModalitySpec) -> dict:
+    def layout(self, specs: tuple, effective_gsd: float, reference: sensors.ModalitySpec) -> Layout:
         layout = build_layout(
             specs, [s.name for s in specs], effective_gsd, reference=reference, dtype=np.float32
         )
@@ -175,8 +175,8 @@ class FrozenEncoder:
                 )
         reference = reference or specs[0]
         layout = self.layout(specs, float(effective_gsd), reference)
-        side = next(iter(layout["enc_resize"].values())).shape[0]
-        count = next(iter(pixels.values())).shape[0]
+        side = layout.grid_pad
+        count = np.shape(next(iter(pixels.values())))[0]
         padded = -(-max(count, pad_to) // self.num_devices) * self.num_devices
 
         def batch_array(array, dtype):
@@ -186,19 +186,19 @@ class FrozenEncoder:
                 array = np.concatenate([array, pad])
             return jax.device_put(array, self._batch_sharding)
 
-        batch = {"pixels": {}, "dates": {}, "time_valid": {}, "layout": layout}
+        batch = Batch(pixels={}, dates={}, time_valid={}, layout=layout)
         for spec in specs:
             steps = np.shape(pixels[spec.name])[1]
             default_dates = np.ones((count, steps), np.int32)
             default_valid = np.ones((count, steps), bool)
-            batch["pixels"][spec.name] = batch_array(pixels[spec.name], np.float32)
-            batch["dates"][spec.name] = batch_array(
+            batch.pixels[spec.name] = batch_array(pixels[spec.name], np.float32)
+            batch.dates[spec.name] = batch_array(
                 (dates or {}).get(spec.name, default_dates), np.int32
             )
-            batch["time_valid"][spec.name] = batch_array(
+            batch.time_valid[spec.name] = batch_array(
                 (time_valid or {}).get(spec.name, default_valid), bool
             )
-        shapes = tuple(v.shape for v in batch["pixels"].values())
+        shapes = tuple(v.shape for v in batch.pixels.values())
         self._signatures.add((specs, blocks, side, shapes))
         cls, maps = self._compiled(specs, blocks, side)(self.params, self.batch_stats, batch)
         return EncodedBatch(np.asarray(cls)[:count], [np.asarray(m)[:count] for m in maps], blocks)

@@ -25,10 +25,10 @@ import time
 import jax
 
 from ramen_jax import cli, logs, sensors, storage
+from ramen_jax.batch import LayoutError
 from ramen_jax.convert.checkpoints import load_encoder_weights
 from ramen_jax.convert.model_io import ModelCheckpointError
 from ramen_jax.data import staging
-from ramen_jax.data.layout import LayoutError
 from ramen_jax.data.pipeline import BatchError
 from ramen_jax.data.sources import SourceConfigError
 from ramen_jax.encode import inputs

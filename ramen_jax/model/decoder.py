@@ -105,24 +105,24 @@ class Decoder(nnx.Module):
 
     def transform(self, latent, ids_restore, layout, overrides=None):
         """Returns the decoder tokens after ``norm``, class token included: ``[B, 1 + L, Dd]``."""
-        x = self.unshuffle(latent, ids_restore, layout["num_keep"])
+        x = self.unshuffle(latent, ids_restore, layout.num_keep)
         if overrides and "dec_pos_code" in overrides:
             pos = overrides["dec_pos_code"]
         else:
             pos = grid_position_code(
-                layout["token_row"], layout["token_col"], layout["effective_gsd"], self.decoder_dim
+                layout.token_row, layout.token_col, layout.effective_gsd, self.decoder_dim
             )
         pos = jnp.concatenate([jnp.zeros((1, self.decoder_dim), pos.dtype), pos], axis=0)
         x = x + pos.astype(x.dtype)[None]
         batch = x.shape[0]
-        mask = jnp.concatenate([jnp.ones((1,), bool), layout["token_valid"]])
+        mask = jnp.concatenate([jnp.ones((1,), bool), layout.token_valid])
         mask = jnp.broadcast_to(mask, (batch, mask.shape[0]))
         x = run_blocks(self.blocks, x, mask, self.remat, self.scan_layers)
         return self.norm(x)
 
     def temporal(self, tokens, batch, specs, layout, overrides=None):
         """Time-series tokens ``[B, N, T, Dd]``: repeat over dates, add the date code, attend."""
-        series = jnp.take(tokens, layout["ts_token"], axis=1, mode="clip")
+        series = jnp.take(tokens, layout.ts_token, axis=1, mode="clip")
         dates, time_valid = tok.series_dates(batch, specs, layout)
         if overrides and "dec_date_code" in overrides:
             code = overrides["dec_date_code"]
@@ -151,24 +151,24 @@ class Decoder(nnx.Module):
 
     def __call__(self, latent, ids_restore, batch, specs, *, overrides=None):
         """Returns (decoder tokens ``[B, 1 + L, Dd]``, {modality: recon ``[B, T, H, W, C]``})."""
-        layout = batch["layout"]
+        layout = batch.layout
         dec_tokens = self.transform(latent, ids_restore, layout, overrides)
         tokens = dec_tokens[:, 1:]
         series = None
         if any(spec.time_series for spec in specs):
             series = self.temporal(tokens, batch, specs, layout, overrides)
-        side = layout["enc_resize"][specs[0].name].shape[0]
+        side = layout.grid_pad
         recon = {}
         for spec, (weight, bias) in zip(
-            specs, self.channel_maps(specs, layout["dec_scale"]), strict=True
+            specs, self.channel_maps(specs, layout.dec_scale), strict=True
         ):
             if spec.time_series:
                 values = jnp.dot(series, weight) + bias  # [B, N, T, C]
-                grid = tok.tokens_to_grid(values, layout["grid_series"][spec.name], side)
-                grid = grid.transpose(0, 3, 1, 2, 4)[:, : batch["pixels"][spec.name].shape[1]]
+                grid = tok.tokens_to_grid(values, layout.grid_series[spec.name], side)
+                grid = grid.transpose(0, 3, 1, 2, 4)[:, : batch.pixels[spec.name].shape[1]]
             else:
                 values = jnp.dot(tokens, weight) + bias  # [B, L, C]
-                grid = tok.tokens_to_grid(values, layout["grid_token"][spec.name], side)[:, None]
+                grid = tok.tokens_to_grid(values, layout.grid_token[spec.name], side)[:, None]
             grid = grid.astype(jnp.promote_types(grid.dtype, jnp.float32))
-            recon[spec.name] = tok.grid_to_native(grid, layout["dec_resize"][spec.name])
+            recon[spec.name] = tok.grid_to_native(grid, layout.dec_resize[spec.name])
         return dec_tokens, recon

@@ -3,7 +3,7 @@
 Per modality: resize the raw channels to the token grid (exact composition of the original's
 bilinear resizes), project channels to width D with the modality kind's projector,
 apply the scale-gated expert mixture, run the L-TAE over time for time-series modalities, then
-``in_norm``. Tokens of all kept modalities form one flat sequence (``ramen_jax.data.layout``
+``in_norm``. Tokens of all kept modalities form one flat sequence (``ramen_jax.batch.Layout``
 describes it), share the same resolution-scaled 2-D position code (no modality embedding), and
 pass through a pre-norm ViT with a class token.
 
@@ -99,21 +99,21 @@ class Encoder(nnx.Module):
         Returns ``[B, L, D]``.
         """
         overrides = overrides or {}
-        layout = batch["layout"]
+        layout = batch.layout
         dtype = self._dtype()
         grids = [
-            tok.resize_to_grid(batch["pixels"][spec.name], layout["enc_resize"][spec.name])
+            tok.resize_to_grid(batch.pixels[spec.name], layout.enc_resize[spec.name])
             for spec in specs
         ]
-        weights = self.resampler.gate(layout["enc_scale"].astype(dtype))
+        weights = self.resampler.gate(layout.enc_scale.astype(dtype))
         projections = self.projections(specs)
 
         flat = tok.gather_flat_tokens(grids, projections, layout, dtype)
-        flat = self.resampler.mix_experts(flat, weights[layout["token_modality"]])
+        flat = self.resampler.mix_experts(flat, weights[layout.token_modality])
 
         if any(spec.time_series for spec in specs):
             series = tok.gather_series_tokens(grids, projections, specs, layout, dtype)
-            ts_modality = layout["token_modality"][layout["ts_token"]]
+            ts_modality = layout.token_modality[layout.ts_token]
             series = self.resampler.mix_experts(series, weights[ts_modality][:, None])
             dates, time_valid = tok.series_dates(batch, specs, layout)
             groups = tok.series_groups(specs, layout, dtype)
@@ -122,19 +122,19 @@ class Encoder(nnx.Module):
                 dates,
                 time_valid,
                 groups,
-                layout["kept_rank"],
+                layout.kept_rank,
                 train=train,
                 date_code=overrides.get("ltae_date_code"),
                 dropout_key=dropout_key,
             )
-            flat = flat.at[:, layout["ts_token"]].set(pooled, mode="drop")
+            flat = flat.at[:, layout.ts_token].set(pooled, mode="drop")
         return self.in_norm(flat)
 
     def position_code(self, layout, overrides=None):
         if overrides and "pos_code" in overrides:
             return overrides["pos_code"]
         return grid_position_code(
-            layout["token_row"], layout["token_col"], layout["effective_gsd"], self.embed_dim
+            layout.token_row, layout.token_col, layout.effective_gsd, self.embed_dim
         )
 
     def _with_cls(self, tokens, key_mask):
@@ -152,10 +152,10 @@ class Encoder(nnx.Module):
     def block_outputs(self, batch, specs, blocks: Sequence[int]) -> list:
         """Outputs ``[B, 1 + L, D]`` after each block index in ``blocks`` (0-based), as
         PANGAEA's RAMEN encoder returns them: the final norm only follows the last block."""
-        layout = batch["layout"]
+        layout = batch.layout
         x = self.embed(batch, specs, train=False)
         x = x + self.position_code(layout).astype(x.dtype)
-        x, mask = self._with_cls(x, jnp.broadcast_to(layout["token_valid"], x.shape[:2]))
+        x, mask = self._with_cls(x, jnp.broadcast_to(layout.token_valid, x.shape[:2]))
         last = len(self.blocks) - 1
         bad = [b for b in blocks if not 0 <= b <= last]
         if bad:
@@ -175,8 +175,8 @@ class Encoder(nnx.Module):
         self, batch, specs: Sequence[sensors.ModalitySpec], *, train: bool = False, overrides=None
     ):
         """Full encoder without masking: ``[B, 1 + L, D]`` (class token first)."""
-        layout = batch["layout"]
+        layout = batch.layout
         x = self.embed(batch, specs, train=train, overrides=overrides)
         x = x + self.position_code(layout, overrides).astype(x.dtype)
-        valid = jnp.broadcast_to(layout["token_valid"], x.shape[:2])
+        valid = jnp.broadcast_to(layout.token_valid, x.shape[:2])
         return self.transform(x, valid)

@@ -100,7 +100,7 @@ class RamenMAE(nnx.Module):
         """Masked forward + loss.
 
         Args:
-          batch: ``{"pixels", "dates", "time_valid", "layout"}`` (``ramen_jax.data.layout``).
+          batch: a ``ramen_jax.batch.Batch``.
           specs: the batch's modalities, in the order of the layout's modality index.
           noise: uniform ``[B, L]`` masking noise (padded slots are overridden).
           overrides: test-only fixed tables (``pos_code``, ``dec_pos_code``,
@@ -111,7 +111,7 @@ class RamenMAE(nnx.Module):
           dict with ``loss`` (sum over kept modalities), ``losses`` per modality, ``mask``
           ``[B, L]`` (1 = hidden), ``ids_restore``, ``latent``, ``dec_tokens``, ``recon``.
         """
-        layout = batch["layout"]
+        layout = batch.layout
         encoder = self.encoder
         tokens = encoder.embed(
             batch, specs, train=train, overrides=overrides, dropout_key=dropout_key
@@ -119,35 +119,35 @@ class RamenMAE(nnx.Module):
         tokens = tokens + encoder.position_code(layout, overrides).astype(tokens.dtype)
 
         length = tokens.shape[1]
-        noise = jnp.where(layout["token_valid"][None], noise, 2.0)
+        noise = jnp.where(layout.token_valid[None], noise, 2.0)
         ids_shuffle = jnp.argsort(noise, axis=1, stable=True)
         ids_restore = jnp.argsort(ids_shuffle, axis=1, stable=True)
         slots = self.kept_slots(length)
         kept = jnp.take_along_axis(tokens, ids_shuffle[:, :slots, None], axis=1)
-        kept_valid = jnp.broadcast_to(jnp.arange(slots) < layout["num_keep"], kept.shape[:2])
+        kept_valid = jnp.broadcast_to(jnp.arange(slots) < layout.num_keep, kept.shape[:2])
         latent = encoder.transform(kept, kept_valid)
 
         extra = {}
         if contrastive_temperature is not None:
-            kept_modality = layout["token_modality"][ids_shuffle[:, :slots]]
+            kept_modality = layout.token_modality[ids_shuffle[:, :slots]]
             extra["contrastive"] = self.contrastive_loss(
-                kept, kept_valid, layout["kept_rank"][kept_modality], contrastive_temperature
+                kept, kept_valid, layout.kept_rank[kept_modality], contrastive_temperature
             )
         dec_tokens, recon = self.decoder(latent, ids_restore, batch, specs, overrides=overrides)
-        mask = (ids_restore >= layout["num_keep"]).astype(jnp.float32)
+        mask = (ids_restore >= layout.num_keep).astype(jnp.float32)
 
-        side = layout["enc_resize"][specs[0].name].shape[0]
+        side = layout.grid_pad
         losses = {}
         for m, spec in enumerate(specs):
             weights = loss_lib.pixel_weights(
                 mask,
-                layout["grid_token"][spec.name],
-                layout["mask_index"][spec.name],
-                batch["time_valid"][spec.name],
+                layout.grid_token[spec.name],
+                layout.mask_index[spec.name],
+                batch.time_valid[spec.name],
                 side,
             )
-            value = loss_lib.modality_loss(recon[spec.name], batch["pixels"][spec.name], weights)
-            value = jnp.where(layout["kept"][m], value, 0.0)
+            value = loss_lib.modality_loss(recon[spec.name], batch.pixels[spec.name], weights)
+            value = jnp.where(layout.kept[m], value, 0.0)
             losses[spec.name] = value
         return {
             "loss": sum(losses.values()),

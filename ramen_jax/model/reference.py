@@ -32,17 +32,17 @@ def original_order_recon(
 ) -> dict:
     """Reconstructions ``{m: [B, T, H, H, C]}`` from decoder tokens ``[B, 1 + L, Dd]`` (and the
     temporal block's output ``[B, N, T, Dd]`` for time series), in the original's order."""
-    layout = batch["layout"]
+    layout = batch.layout
     tokens = dec_tokens[:, 1:]
-    pad = layout["enc_resize"][specs[0].name].shape[0]
+    pad = layout.grid_pad
     dtype = tokens.dtype
     out = {}
     for spec in specs:
         if spec.time_series:
-            grid = tok.tokens_to_grid(series, layout["grid_series"][spec.name], pad)
-            grid = grid.transpose(0, 3, 1, 2, 4)[:, : batch["pixels"][spec.name].shape[1]]
+            grid = tok.tokens_to_grid(series, layout.grid_series[spec.name], pad)
+            grid = grid.transpose(0, 3, 1, 2, 4)[:, : batch.pixels[spec.name].shape[1]]
         else:
-            grid = tok.tokens_to_grid(tokens, layout["grid_token"][spec.name], pad)[:, None]
+            grid = tok.tokens_to_grid(tokens, layout.grid_token[spec.name], pad)[:, None]
         b, t = grid.shape[:2]
         features = grid[:, :, :side, :side].reshape(b * t, side, side, grid.shape[-1])
         scale, stages = resize_stages(side, spec.gsd, effective_gsd, spec.side)

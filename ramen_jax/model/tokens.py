@@ -1,6 +1,6 @@
 """Moving values between per-modality grids and the flat token sequence, on device.
 
-A batch's ``layout`` (built on the host by ``ramen_jax.data.layout``) says, for every slot of
+A batch's ``Layout`` (built on the host by ``ramen_jax.batch.build_layout``) says, for every slot of
 the flat sequence, which modality and which cell of that modality's (padded) ``s x s`` grid it
 holds, and which slots are time series. Time-series tokens also live in a second, shorter
 sequence ``[B, N, T, ...]`` (``ts_*`` arrays) so the L-TAE and the decoder's temporal block only
@@ -63,9 +63,9 @@ def gather_flat_tokens(grids, projections, layout, dtype):
     """
     out = None
     for m, (grid, projection) in enumerate(zip(grids, projections, strict=True)):
-        raw = jnp.take(_flatten_grid(grid)[:, 0], layout["token_cell"], axis=1)
+        raw = jnp.take(_flatten_grid(grid)[:, 0], layout.token_cell, axis=1)
         features = jnp.dot(raw.astype(dtype), projection.astype(dtype))
-        here = (layout["token_modality"] == m)[None, :, None]
+        here = (layout.token_modality == m)[None, :, None]
         out = jnp.where(here, features, 0 if out is None else out)
     return out
 
@@ -87,33 +87,33 @@ def gather_series_tokens(grids, projections, specs, layout, dtype):
     for m, (grid, projection, spec) in enumerate(zip(grids, projections, specs, strict=True)):
         if not spec.time_series:
             continue
-        raw = jnp.take(_flatten_grid(grid), layout["ts_cell"], axis=2)  # [B, T_m, N, C]
+        raw = jnp.take(_flatten_grid(grid), layout.ts_cell, axis=2)  # [B, T_m, N, C]
         raw = _pad_time(raw, steps, axis=1).transpose(0, 2, 1, 3)
         features = jnp.dot(raw.astype(dtype), projection.astype(dtype))
-        here = (layout["ts_modality"] == m)[None, :, None, None]
+        here = (layout.ts_modality == m)[None, :, None, None]
         out = jnp.where(here, features, 0 if out is None else out)
     return out
 
 
 def series_dates(batch, specs, layout):
     """Dates ``[B, N, T]`` and validity ``[B, N, T]`` of the time-series tokens."""
-    steps = series_steps(specs, batch["pixels"])
+    steps = series_steps(specs, batch.pixels)
     dates = valid = None
     for m, spec in enumerate(specs):
         if not spec.time_series:
             continue
-        here = (layout["ts_modality"] == m)[None, :, None]
-        d = _pad_time(batch["dates"][spec.name], steps, axis=1)[:, None, :]
-        v = _pad_time(batch["time_valid"][spec.name], steps, axis=1, value=False)[:, None, :]
+        here = (layout.ts_modality == m)[None, :, None]
+        d = _pad_time(batch.dates[spec.name], steps, axis=1)[:, None, :]
+        v = _pad_time(batch.time_valid[spec.name], steps, axis=1, value=False)[:, None, :]
         dates = jnp.where(here, d, 0 if dates is None else dates)
         valid = jnp.where(here, v, False if valid is None else valid)
-    return dates, valid & layout["ts_valid"][None, :, None]
+    return dates, valid & layout.ts_valid[None, :, None]
 
 
 def series_groups(specs, layout, dtype):
     """0/1 modality membership ``[N, M]`` of the time-series tokens (zeros for padding)."""
-    onehot = layout["ts_modality"][:, None] == jnp.arange(len(specs))[None, :]
-    return (onehot & layout["ts_valid"][:, None]).astype(jnp.promote_types(dtype, jnp.float32))
+    onehot = layout.ts_modality[:, None] == jnp.arange(len(specs))[None, :]
+    return (onehot & layout.ts_valid[:, None]).astype(jnp.promote_types(dtype, jnp.float32))
 
 
 def tokens_to_grid(values, index, side):

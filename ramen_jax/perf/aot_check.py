@@ -77,13 +77,12 @@ _DATASETS = flags.DEFINE_list(
 flags.mark_flags_as_required(["config"])
 
 
-def dataset_report(trainer, batch, chip: Chip | None, attention: str, chips: int) -> dict:
-    tokens = int(batch["layout"]["token_valid"].shape[0])
-    rows = next(iter(batch["pixels"].values())).shape[0]
-    entry = {"tokens": tokens, "time_slots": batch["time_slots"], "attention": attention}
+def dataset_report(trainer, host, chip: Chip | None, attention: str, chips: int) -> dict:
+    tokens, rows = host.batch.layout.length, host.batch.batch_size
+    entry = {"tokens": tokens, "time_slots": host.batch.time_slots, "attention": attention}
     empty = dict.fromkeys(("est_step_s", "tokens_per_s_per_chip", "mfu_bound"))
     try:
-        compiled, seconds, kernel_flops = topology_lib.compile_step(trainer, batch, rows)
+        compiled, seconds, kernel_flops = topology_lib.compile_step(trainer, host, rows)
     except Exception as error:  # e.g. XLA:TPU out of HBM: reported, the others still run
         return {**entry, "peak_gib_per_chip": None, **empty, "compile_s": None,
                 "why": topology_lib.failure_reason(error)}  # fmt: skip
@@ -97,7 +96,7 @@ def dataset_report(trainer, batch, chip: Chip | None, attention: str, chips: int
         }
     estimate = topology_lib.roofline(compiled, chip, rows * tokens, chips, kernel_flops)
     print(
-        f"  {batch['dataset']:<12} per chip: {estimate['flops'] / 1e12:.2f} TFLOP (of which "
+        f"  {host.dataset:<12} per chip: {estimate['flops'] / 1e12:.2f} TFLOP (of which "
         f"{estimate['kernel_flops'] / 1e12:.2f} in attention kernels), "
         f"{estimate['bytes'] / 1e9:.2f} GB accessed"
     )
@@ -175,12 +174,12 @@ def main(argv):
         every_time_bucket=every,
     )
     shapes = []
-    for i, batch in enumerate(batches):
-        entry = dataset_report(trainer, batch, chip, config.model.attention_impl, chips)
-        result["datasets"].setdefault(batch["dataset"], entry)  # the largest bucket's
-        shapes.append({"dataset": batch["dataset"], **entry})
+    for i, host in enumerate(batches):
+        entry = dataset_report(trainer, host, chip, config.model.attention_impl, chips)
+        result["datasets"].setdefault(host.dataset, entry)  # the largest bucket's
+        shapes.append({"dataset": host.dataset, **entry})
         progress = f" [{i + 1}/{len(batches)}]" if every else ""
-        print(describe(batch["dataset"], entry, chip) + progress, flush=True)
+        print(describe(host.dataset, entry, chip) + progress, flush=True)
     if every:
         seconds = [e["compile_s"] for e in shapes if e["compile_s"] is not None]
         result["shapes"] = [

@@ -9,8 +9,7 @@ reports XLA's own count of everything next to it as a cross-check.
 
 from __future__ import annotations
 
-import numpy as np
-
+from ramen_jax.batch import Layout
 from ramen_jax.model.ltae import KEY_WIDTH
 from ramen_jax.model.mae import ModelConfig
 
@@ -22,14 +21,13 @@ def _attention_block(tokens: int, width: int, mlp_ratio: float) -> int:
     return int(dense + attention)
 
 
-def forward_macs(config: ModelConfig, specs, layout: dict, pixels: dict) -> dict:
+def forward_macs(config: ModelConfig, specs, layout: Layout, pixels: dict) -> dict:
     """Multiply-adds per forward pass, by part, for one batch (``pixels`` gives B and T)."""
     batch = next(iter(pixels.values())).shape[0]
-    length = int(np.shape(layout["token_valid"])[0])
-    series = int(np.shape(layout["ts_token"])[0])
+    length, series = layout.length, layout.series_length
     kept = int(length * (1 - config.mask_ratio))
     d, dd, r = config.embed_dim, config.decoder_dim, config.mlp_ratio
-    pad = int(np.shape(layout["enc_resize"][specs[0].name])[0])
+    pad = layout.grid_pad
     steps = max((pixels[s.name].shape[1] for s in specs if s.time_series), default=1)
     channels = sum(s.num_channels for s in specs)
     series_channels = sum(s.num_channels for s in specs if s.time_series)
@@ -52,6 +50,6 @@ def forward_macs(config: ModelConfig, specs, layout: dict, pixels: dict) -> dict
     return {k: int(v) for k, v in parts.items()}
 
 
-def train_step_flops(config: ModelConfig, specs, layout: dict, pixels: dict) -> int:
+def train_step_flops(config: ModelConfig, specs, layout: Layout, pixels: dict) -> int:
     """Forward + backward (2x forward) FLOPs of one step."""
     return 3 * 2 * sum(forward_macs(config, specs, layout, pixels).values())

@@ -3,7 +3,7 @@ batch by batch, tallied per dataset (speed, token / series / date padding, disti
 shapes, step shares), and the table and JSON line it prints.
 
 Padding fraction: padded token slots / all token slots over the N batches. A batch of B samples
-whose layout has L token slots, V of them valid (``layout["token_valid"]``), holds B * L slots
+whose layout has L token slots, V of them valid (``layout.token_valid``), holds B * L slots
 of which B * (L - V) are padding; samples are what the accelerator processes, so larger batches
 weigh more. The same for the time-series sub-sequence (``ts_valid``).
 """
@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from ramen_jax.batch import HostBatch
 from ramen_jax.data import pipeline
 from ramen_jax.perf import data_location
 
@@ -46,18 +47,18 @@ class DatasetTally:
     beyond_longest_slots: int = 0  # padding past the batch's longest series
     dates: dict = dataclasses.field(default_factory=dict)  # modality -> valid dates per sample
 
-    def add(self, batch: dict) -> None:
-        rows = batch_rows(batch)
-        layout = batch["layout"]
+    def add(self, host: HostBatch) -> None:
+        batch = host.batch
+        rows, layout = batch.batch_size, batch.layout
         self.steps += 1
         self.samples += rows
-        self.token_slots += rows * layout["token_valid"].size
-        self.padded_token_slots += rows * int(np.count_nonzero(~layout["token_valid"]))
-        self.series_slots += rows * layout["ts_valid"].size
-        self.padded_series_slots += rows * int(np.count_nonzero(~layout["ts_valid"]))
-        self.signatures.add(pipeline.signature(batch))
+        self.token_slots += rows * layout.token_valid.size
+        self.padded_token_slots += rows * int(np.count_nonzero(~layout.token_valid))
+        self.series_slots += rows * layout.ts_valid.size
+        self.padded_series_slots += rows * int(np.count_nonzero(~layout.ts_valid))
+        self.signatures.add(pipeline.signature(host))
         for name in self.series:
-            valid = np.asarray(batch["time_valid"][name])
+            valid = np.asarray(batch.time_valid[name])
             counts = valid.sum(axis=1)
             self.dates.setdefault(name, []).extend(int(c) for c in counts)
             self.date_slots += valid.size
@@ -84,10 +85,6 @@ class DatasetTally:
             "time_padding_fraction": fraction(self.padded_date_slots, self.date_slots),
             "time_bucket_padding_fraction": fraction(self.beyond_longest_slots, self.date_slots),
         }
-
-
-def batch_rows(batch: dict) -> int:
-    return next(iter(batch["pixels"].values())).shape[0]
 
 
 def fraction(part: int, whole: int) -> float:
@@ -120,8 +117,8 @@ def measure(config, tallies: dict, batches: int, num_workers: int, progress) -> 
     start = time.perf_counter()
     try:
         for index in range(batches):
-            batch = next(iterator)
-            tallies[batch["dataset"]].add(batch)
+            host = next(iterator)
+            tallies[host.dataset].add(host)
             progress(index + 1, time.perf_counter() - start)
         return time.perf_counter() - start
     finally:

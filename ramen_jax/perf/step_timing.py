@@ -92,7 +92,7 @@ def bench_case(
     index, gsd, kept = case
     host = synthetic.random_batch(batches, index, gsd, kept, rng)
     d = trainer.datasets[index]
-    batch = sharding.device_batch(host, trainer.mesh, trainer.rules)
+    batch = sharding.device_batch(host.batch, trainer.mesh, trainer.rules)
     state = trainer.init_state()
     step = trainer.step_fn(d.name)
     before = programs_built()
@@ -103,15 +103,17 @@ def bench_case(
         lambda s, b: (compiled(s, b)[0], b), (state, batch), warmup, steps
     )  # the step donates its state: keep the latest
     compiles = programs_built() - before
-    layout = host["layout"]
-    valid = int(layout["token_valid"].sum())
-    model_flops = flops_lib.train_step_flops(trainer.model_config, d.specs, layout, host["pixels"])
+    layout = host.batch.layout
+    valid = int(layout.token_valid.sum())
+    model_flops = flops_lib.train_step_flops(
+        trainer.model_config, d.specs, layout, host.batch.pixels
+    )
     row = {
         "case": f"{d.name}:{gsd:g}:" + "+".join(d.specs[i].name for i in kept),
         "batch": d.global_batch,
         "tokens": valid,
-        "padded_tokens": int(layout["token_valid"].shape[0]),
-        "padding": 1 - valid / layout["token_valid"].shape[0],
+        "padded_tokens": layout.length,
+        "padding": 1 - valid / layout.length,
         "step_s": median,
         "samples_per_s": d.global_batch / median,
         "tokens_per_s": valid * d.global_batch / median,
@@ -135,12 +137,8 @@ def compare_decoder_heads(trainer, d, host, batch, state, gsd, repeats: int) -> 
     specs = tuple(d.specs)
     side = int(d.specs[0].side * d.specs[0].gsd / gsd)
     graphdef = trainer.graphdef
-    batch = {
-        **{k: jax.tree.map(lambda x: x[:1], batch[k]) for k in ("pixels", "dates", "time_valid")},
-        "layout": batch["layout"],
-    }
-    length = host["layout"]["token_valid"].shape[0]
-    noise = jax.random.uniform(jax.random.key(0), (1, length))
+    batch = batch.map_samples(lambda x: x[:1])
+    noise = jax.random.uniform(jax.random.key(0), (1, batch.layout.length))
 
     def latent_of(params, stats):
         model = state_lib.merge_model(graphdef, params, stats)
@@ -157,7 +155,7 @@ def compare_decoder_heads(trainer, d, host, batch, state, gsd, repeats: int) -> 
             return recon
         series = None
         if any(s.time_series for s in specs):
-            series = model.decoder.temporal(dec_tokens[:, 1:], batch, specs, batch["layout"])
+            series = model.decoder.temporal(dec_tokens[:, 1:], batch, specs, batch.layout)
         return original_order_recon(model.decoder, dec_tokens, series, batch, specs, gsd, side)
 
     timings = {}

@@ -7,18 +7,21 @@ chosen by dtype, so it never restates which arrays a batch holds.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 
+from ramen_jax.batch import HostBatch
 from ramen_jax.training import precompile
 
 DATE_SPACING_DAYS = 20  # dates 1 x 20, 2 x 20, ...: a valid, increasing series
 
 
-def filled(batch: dict, rng: np.random.Generator) -> dict:
-    """``batch`` with each abstract array replaced by values: normal pixels (float), dates
-    ``DATE_SPACING_DAYS`` apart (int), every date valid (bool). Concrete leaves (the layout,
-    the dataset name) are kept as they are."""
+def filled(host: HostBatch, rng: np.random.Generator) -> HostBatch:
+    """``host`` with each abstract array of its batch replaced by values: normal pixels
+    (float), dates ``DATE_SPACING_DAYS`` apart (int), every date valid (bool). Concrete leaves
+    (the layout) are kept as they are."""
 
     def value(leaf):
         if not isinstance(leaf, jax.ShapeDtypeStruct):
@@ -31,10 +34,10 @@ def filled(batch: dict, rng: np.random.Generator) -> dict:
             return np.tile(dates, (rows, 1))
         return np.ones(leaf.shape, leaf.dtype)
 
-    return jax.tree.map(value, batch)
+    return dataclasses.replace(host, batch=jax.tree.map(value, host.batch))
 
 
-def random_batch(batches, index: int, gsd: float, kept: tuple, rng) -> dict:
+def random_batch(batches, index: int, gsd: float, kept: tuple, rng) -> HostBatch:
     """This process's rows of a batch of dataset ``index`` drawn at ``gsd`` keeping modalities
     ``kept`` (its real layout, bucket padding included), series at the largest time bucket."""
     dataset = batches.datasets[index]

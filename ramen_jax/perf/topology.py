@@ -118,15 +118,15 @@ def kernel_attention_flops(calls: list):
         attention_lib.attention = original
 
 
-def compile_step(trainer, batch, global_batch: int):
-    """The train step for ``batch``'s shapes (``global_batch`` rows) compiled for the trainer's
+def compile_step(trainer, host, global_batch: int):
+    """The train step for ``host``'s shapes (``global_batch`` rows) compiled for the trainer's
     mesh, the seconds it took, and the global FLOPs of its Pallas attention kernels
     (``kernel_attention_flops``)."""
-    args = precompile.abstract_device_batch(batch, global_batch, trainer.mesh, trainer.rules)
+    args = precompile.abstract_device_batch(host.batch, global_batch, trainer.mesh, trainer.rules)
     state = precompile.abstract_state(trainer)
     start, kernel_calls = time.perf_counter(), []
     with kernel_attention_flops(kernel_calls):
-        lowered = trainer.step_fn(batch["dataset"]).lower(state, args)
+        lowered = trainer.step_fn(host.dataset).lower(state, args)
     compiled = lowered.compile()
     return compiled, time.perf_counter() - start, float(sum(kernel_calls))
 

@@ -29,11 +29,9 @@ from ramen_jax.training.failures import PREEMPTED_EXIT_CODE, Preempted
 
 def describe_step(host_batch) -> str:
     """What a step runs, for messages that compare hosts."""
-    layout = host_batch["layout"]
-    rows = next(iter(host_batch["pixels"].values())).shape[0]
-    return (
-        f"{host_batch['dataset']} ({layout['token_valid'].shape[0]} token slots, {rows} local rows)"
-    )
+    batch = host_batch.batch
+    rows = batch.batch_size
+    return f"{host_batch.dataset} ({batch.layout.length} token slots, {rows} local rows)"
 
 
 class TrainingRun:
@@ -143,8 +141,8 @@ class TrainingRun:
         signature = pipeline.signature(host_batch)
         new_shape = signature not in self.shapes_run
         self.shapes_run.add(signature)
-        batch = sharding.device_batch(host_batch, trainer.mesh, trainer.rules)
-        step_fn = trainer.step_fn(host_batch["dataset"])
+        batch = sharding.device_batch(host_batch.batch, trainer.mesh, trainer.rules)
+        step_fn = trainer.step_fn(host_batch.dataset)
         if new_shape:  # compiled before the hosts agree: none waits in a collective while
             # another compiles (CPU collectives give up after 30 s)
             trainer.programs.prepare(("step", signature), step_fn, self.state, batch)
@@ -166,8 +164,7 @@ class TrainingRun:
         done = step + 1
         self.pending.append((done, metrics))
         self.reporter.count_tokens(
-            int(host_batch["layout"]["token_valid"].sum())
-            * self.global_batch[host_batch["dataset"]]
+            int(host_batch.batch.layout.token_valid.sum()) * self.global_batch[host_batch.dataset]
         )
         if done % config.log_every_steps == 0 or done == config.total_steps:
             self._flush(done)

@@ -25,6 +25,7 @@ import time
 import jax
 import numpy as np
 
+from ramen_jax.batch import Batch, HostBatch, Layout
 from ramen_jax.data import pipeline
 from ramen_jax.training import sharding
 
@@ -55,19 +56,21 @@ def _abstract(array, where) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(np.shape(array), np.asarray(array).dtype, sharding=where)
 
 
-def shape_batch(dataset: pipeline.DatasetPipeline, layout: dict, rows: int, time_slots: int):
+def shape_batch(
+    dataset: pipeline.DatasetPipeline, layout: Layout, rows: int, time_slots: int
+) -> HostBatch:
     """A host batch of ``rows`` samples with abstract arrays (``ShapeDtypeStruct``s, the
     dtypes ``prepare_sample`` gives) and a real ``layout``: the one place a batch is built
     without data (the benchmarks fill it with ``ramen_jax.perf.synthetic``)."""
-    batch = {"pixels": {}, "dates": {}, "time_valid": {}, "layout": layout, "dataset": dataset.name}
+    batch = Batch(pixels={}, dates={}, time_valid={}, layout=layout)
     for spec in dataset.specs:
         slots = time_slots if spec.time_series else 1
-        batch["pixels"][spec.name] = jax.ShapeDtypeStruct(
+        batch.pixels[spec.name] = jax.ShapeDtypeStruct(
             (rows, slots, spec.side, spec.side, spec.num_channels), np.float32
         )
-        batch["dates"][spec.name] = jax.ShapeDtypeStruct((rows, slots), np.int32)
-        batch["time_valid"][spec.name] = jax.ShapeDtypeStruct((rows, slots), np.bool_)
-    return batch
+        batch.dates[spec.name] = jax.ShapeDtypeStruct((rows, slots), np.int32)
+        batch.time_valid[spec.name] = jax.ShapeDtypeStruct((rows, slots), np.bool_)
+    return HostBatch(dataset.name, batch)
 
 
 def bucket_draws(dataset: pipeline.DatasetPipeline) -> list[tuple]:
@@ -84,7 +87,7 @@ def bucket_draws(dataset: pipeline.DatasetPipeline) -> list[tuple]:
     return [(bucket, gsd, kept) for bucket, (gsd, kept) in draws.items()]
 
 
-def step_shapes(batches: pipeline.StepBatches) -> list[dict]:
+def step_shapes(batches: pipeline.StepBatches) -> list[HostBatch]:
     """One host batch (of this process, arrays abstract) per step signature the run can meet:
     dataset x token bucket x time bucket."""
     out = []
@@ -98,13 +101,12 @@ def step_shapes(batches: pipeline.StepBatches) -> list[dict]:
 
 def largest_step_shapes(
     datasets, mask_ratio: float, per_dataset: int = 1, every_time_bucket: bool = False
-) -> list[dict]:
+) -> list[HostBatch]:
     """Host batches (shapes only) for each dataset's ``per_dataset`` largest token buckets
     (0: all of them), each with its largest time bucket, or every time bucket with
     ``every_time_bucket``: ``largest_step_shapes(datasets, r, 0, True)`` is every step shape
     of the run, the set ``step_shapes`` enumerates (``bucket_draws``), largest first, with
-    global batches and no ``StepBatches`` (for ``ramen_jax.perf.aot_check``). Each batch also
-    carries its ``time_slots``."""
+    global batches and no ``StepBatches`` (for ``ramen_jax.perf.aot_check``)."""
     out = []
     for d in datasets:
         draws = sorted(bucket_draws(d), key=lambda x: (x[0].tokens, x[0].series), reverse=True)
@@ -112,7 +114,7 @@ def largest_step_shapes(
         for _, gsd, kept in draws[: per_dataset or None]:
             layout = d.layout(kept, gsd, mask_ratio)
             for slots in times if every_time_bucket else times[:1]:
-                out.append({**shape_batch(d, layout, d.global_batch, slots), "time_slots": slots})
+                out.append(shape_batch(d, layout, d.global_batch, slots))
     return out
 
 
@@ -125,19 +127,14 @@ def abstract_state(trainer):
     )
 
 
-def abstract_device_batch(host_batch: dict, global_batch: int, mesh, rules) -> dict:
+def abstract_device_batch(host_batch: Batch, global_batch: int, mesh, rules) -> Batch:
     """What ``sharding.device_batch`` makes of ``host_batch``, as ShapeDtypeStructs."""
     split = sharding.batch_sharding(mesh, rules)
     rep = sharding.replicated(mesh)
-    arrays = {
-        key: {
-            name: jax.ShapeDtypeStruct((global_batch, *x.shape[1:]), x.dtype, sharding=split)
-            for name, x in host_batch[key].items()
-        }
-        for key in ("pixels", "dates", "time_valid")
-    }
-    arrays["layout"] = jax.tree.map(lambda x: _abstract(x, rep), host_batch["layout"])
-    return arrays
+    arrays = host_batch.map_samples(
+        lambda x: jax.ShapeDtypeStruct((global_batch, *x.shape[1:]), x.dtype, sharding=split)
+    )
+    return arrays.replace(layout=jax.tree.map(lambda x: _abstract(x, rep), host_batch.layout))
 
 
 def compile_all(trainer, checkpointer, *, previews: bool) -> str:
@@ -154,14 +151,14 @@ def compile_all(trainer, checkpointer, *, previews: bool) -> str:
     shapes = step_shapes(batches)
     for host in shapes:
         signature = pipeline.signature(host)
-        name = host["dataset"]
-        batch = abstract_device_batch(host, global_batches[name], trainer.mesh, trainer.rules)
+        name = host.dataset
+        batch = abstract_device_batch(host.batch, global_batches[name], trainer.mesh, trainer.rules)
         trainer.programs.prepare(("step", signature), trainer.step_fn(name), state, batch)
         if previews:
             trainer.programs.prepare(("preview", signature), trainer.preview_fn(name), state, batch)
         trainer.compiled_signatures.add(signature)
     checkpointer.prepare(trainer.abstract_state())
-    per_dataset = {n: sum(h["dataset"] == n for h in shapes) for n in global_batches}
+    per_dataset = {n: sum(h.dataset == n for h in shapes) for n in global_batches}
     return (
         f"precompiled {len(shapes)} step shapes {per_dataset}"
         + (" with their previews" if previews else "")

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ramen_jax import sensors, storage
+from ramen_jax.batch import Batch
 from ramen_jax.model.loss import TARGET_EPS
 
 RGB_NM = (665.0, 560.0, 490.0)
@@ -84,7 +85,7 @@ def modality_panels(spec, pixels, recon, hidden) -> np.ndarray:
 
 
 def write_previews(
-    directory: str, step: int, specs, batch: dict, recon: dict, hidden: dict
+    directory: str, step: int, specs, batch: Batch, recon: dict, hidden: dict
 ) -> list[str]:
     """Writes ``<directory>/step_<step>_<modality>.png`` for kept modalities; returns paths.
 
@@ -93,13 +94,13 @@ def write_previews(
     """
     storage.makedirs(directory)
     paths = []
-    kept = batch["layout"]["kept"]
+    kept = batch.layout.kept
     for m, spec in enumerate(specs):
         if not kept[m]:
             continue
-        t = int(np.argmax(batch["time_valid"][spec.name][0]))
+        t = int(np.argmax(batch.time_valid[spec.name][0]))
         strip = modality_panels(
-            spec, batch["pixels"][spec.name][0, t], recon[spec.name][t], hidden[spec.name]
+            spec, batch.pixels[spec.name][0, t], recon[spec.name][t], hidden[spec.name]
         )
         path = storage.join(directory, f"step_{step:07d}_{spec.name}.png")
         png = io.BytesIO()

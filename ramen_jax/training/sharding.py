@@ -21,6 +21,7 @@ from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
+from ramen_jax.batch import Batch
 from ramen_jax.data.plan import BatchShards
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -176,15 +177,14 @@ def process_batch_shards(mesh, rules) -> BatchShards:
     return BatchShards(held[0], held[-1] + 1, count)
 
 
-def device_batch(batch: dict, mesh, rules):
+def device_batch(batch: Batch, mesh, rules) -> Batch:
     """Host batch (the rows of this process's ``process_batch_shards``) -> global jax arrays:
     batch arrays split over the batch axes, the layout (identical on every process)
     replicated."""
     split = batch_sharding(mesh, rules)
     rep = replicated(mesh)
     shards = process_batch_shards(mesh, rules)
-    rows = next(iter(batch["pixels"].values())).shape[0]
-    global_rows = rows * shards.count // (shards.stop - shards.first)
+    global_rows = batch.batch_size * shards.count // (shards.stop - shards.first)
 
     def put(sharding, batch_major):
         def one(x):
@@ -194,8 +194,5 @@ def device_batch(batch: dict, mesh, rules):
 
         return one
 
-    arrays = {
-        k: jax.tree.map(put(split, True), batch[k]) for k in ("pixels", "dates", "time_valid")
-    }
-    arrays["layout"] = jax.tree.map(put(rep, False), batch["layout"])
-    return arrays
+    arrays = batch.map_samples(put(split, True))
+    return arrays.replace(layout=jax.tree.map(put(rep, False), batch.layout))

@@ -1,11 +1,11 @@
 """The pure MAE training step: forward, loss, gradients, optimiser update.
 
-``train_step(state, batch, ...) -> (state, metrics)`` is a pure function of plain pytrees
-(``TrainState``): the training loop jits it once per batch signature with donated state. The
-masking noise and the L-TAE dropout key come from ``fold_in(seed, step)``, so a resumed run
-draws exactly what an uninterrupted run would. With ``grad_accum = A`` the batch is split into
-A micro-batches scanned in order (BatchNorm running statistics updated after each, gradients
-averaged), then one optimiser step is taken.
+``train_step(state, batch, ...) -> (state, metrics)`` is a pure function of pytrees
+(``TrainState``, ``ramen_jax.batch.Batch``): the training loop jits it once per batch
+signature with donated state. The masking noise and the L-TAE dropout key come from
+``fold_in(seed, step)``, so a resumed run draws exactly what an uninterrupted run would. With
+``grad_accum = A`` the batch is split into A micro-batches scanned in order (BatchNorm running
+statistics updated after each, gradients averaged), then one optimiser step is taken.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ import jax.numpy as jnp
 import optax
 
 from ramen_jax import sensors
+from ramen_jax.batch import Batch
 from ramen_jax.model import state as state_lib
 from ramen_jax.model.participation import participating
-
-BATCH_KEYS = ("pixels", "dates", "time_valid")
 
 
 class TrainState(NamedTuple):
@@ -89,12 +88,14 @@ def step_keys(seed: int, step):
     return jax.random.split(key)
 
 
-def _micro_batches(batch, noise, count: int):
+def _micro_batches(batch: Batch, noise, count: int):
+    """``count`` micro-batches stacked on a leading axis, for a scan; the layout, shared by
+    all, is left out of them (None) and put back in the scan's body."""
+
     def split(x):
         return x.reshape(count, x.shape[0] // count, *x.shape[1:])
 
-    parts = {k: jax.tree.map(split, batch[k]) for k in BATCH_KEYS}
-    return parts, split(noise)
+    return batch.map_samples(split).replace(layout=None), split(noise)
 
 
 def _scalars(out) -> dict:
@@ -133,7 +134,7 @@ def accumulated_grads(
     def body(carry, xs):
         stats, grad_sum, metric_sum = carry
         part, part_noise, index = xs
-        micro = {**part, "layout": batch["layout"]}
+        micro = part.replace(layout=batch.layout)
         out, stats, grads = loss_and_grads(
             graphdef,
             state.params,
@@ -165,7 +166,7 @@ def accumulated_grads(
 
 def train_step(
     state: TrainState,
-    batch,
+    batch: Batch,
     *,
     graphdef,
     specs,
@@ -182,18 +183,16 @@ def train_step(
     """
     noise_key, dropout_key = step_keys(options.seed, state.step)
     if noise is None:
-        batch_size = next(iter(batch["pixels"].values())).shape[0]
-        length = batch["layout"]["token_valid"].shape[0]
-        noise = jax.random.uniform(noise_key, (batch_size, length))
+        noise = jax.random.uniform(noise_key, (batch.batch_size, batch.layout.length))
     metrics, new_stats, grads = accumulated_grads(
         graphdef, state, batch, specs, noise, dropout_key, options, overrides
     )
-    active = participation_tree(state.params, specs, batch["layout"]["kept"])
+    active = participation_tree(state.params, specs, batch.layout.kept)
     updates, opt_state = optimizer.update(
         grads, state.opt_state, state.params, participating=active
     )
     params = optax.apply_updates(state.params, updates)
-    metrics["loss_per_modality"] = metrics["loss"] / jnp.sum(batch["layout"]["kept"])
+    metrics["loss_per_modality"] = metrics["loss"] / jnp.sum(batch.layout.kept)
     metrics["grad_norm"] = optax.tree.norm(grads)
     if learning_rate is not None:
         metrics["lr"] = learning_rate(state.step)

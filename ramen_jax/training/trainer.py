@@ -218,19 +218,16 @@ class Trainer:
             def run(state, batch):
                 model = state_lib.merge_model(self.graphdef, state.params, state.batch_stats)
                 noise_key, _ = step_lib.step_keys(self.options.seed, state.step - 1)
-                length = batch["layout"]["token_valid"].shape[0]
-                batch_size = next(iter(batch["pixels"].values())).shape[0]
-                noise = jax.random.uniform(noise_key, (batch_size, length))
+                layout, batch_size = batch.layout, batch.batch_size
+                noise = jax.random.uniform(noise_key, (batch_size, layout.length))
                 out = model(batch, specs, noise, train=False)
-                layout = batch["layout"]
-                side = layout["enc_resize"][specs[0].name].shape[0]
                 hidden = {
                     s.name: loss_lib.pixel_weights(
                         out["mask"],
-                        layout["grid_token"][s.name],
-                        layout["mask_index"][s.name],
+                        layout.grid_token[s.name],
+                        layout.mask_index[s.name],
                         jnp.ones((batch_size, 1), bool),
-                        side,
+                        layout.grid_pad,
                     )[0, 0]
                     for s in specs
                 }
@@ -248,7 +245,7 @@ class Trainer:
         return loop.TrainingRun(self).run()
 
     def write_preview(self, state, host_batch, batch, step, signature):
-        preview_fn = self.preview_fn(host_batch["dataset"])
+        preview_fn = self.preview_fn(host_batch.dataset)
         recon, hidden = self.programs(("preview", signature), preview_fn, state, batch)
         if jax.process_index() == 0:
             recon = {k: np.asarray(jax.device_get(v)) for k, v in recon.items()}
@@ -256,8 +253,8 @@ class Trainer:
             previews.write_previews(
                 storage.join(self.workdir, "previews"),
                 step,
-                self.specs[host_batch["dataset"]],
-                host_batch,
+                self.specs[host_batch.dataset],
+                host_batch.batch,
                 recon,
                 hidden,
             )

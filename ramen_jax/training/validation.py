@@ -96,9 +96,8 @@ class Validator:
             def run(state, batch, index):
                 model = state_lib.merge_model(graphdef, state.params, state.batch_stats)
                 key = jax.random.fold_in(jax.random.key(seed), index)
-                length = batch["layout"]["token_valid"].shape[0]
-                rows = next(iter(batch["pixels"].values())).shape[0]
-                out = model(batch, specs, jax.random.uniform(key, (rows, length)), train=False)
+                noise = jax.random.uniform(key, (batch.batch_size, batch.layout.length))
+                out = model(batch, specs, noise, train=False)
                 return {"loss": out["loss"], **{f"loss/{k}": v for k, v in out["losses"].items()}}
 
             self._fns[dataset] = jax.jit(run, out_shardings=sharding.replicated(self.trainer.mesh))
@@ -111,8 +110,8 @@ class Validator:
         per_dataset: dict[str, list] = {}
         for index in range(len(self.batches)):
             host = self.batches(index)
-            name = host["dataset"]
-            batch = sharding.device_batch(host, trainer.mesh, trainer.rules)
+            name = host.dataset
+            batch = sharding.device_batch(host.batch, trainer.mesh, trainer.rules)
             signature = ("eval", pipeline.signature(host))
             args = (state, batch, np.int32(index))
             if signature not in self._compiled:
