@@ -32,7 +32,7 @@ from ml_collections import config_flags
 from ramen_jax import cli
 from ramen_jax.data import pipeline
 from ramen_jax.model import attention as attention_lib
-from ramen_jax.model import state as state_lib
+from ramen_jax.model import build as build_lib
 from ramen_jax.model.reference import original_order_recon
 from ramen_jax.perf import flops as flops_lib
 from ramen_jax.training import compile_stats, run_length, sharding
@@ -195,7 +195,7 @@ def compare_decoder_heads(trainer, d, host, batch, state, gsd) -> dict:
     noise = jax.random.uniform(jax.random.key(0), (1, length))
 
     def latent_of(params, stats):
-        model = state_lib.merge_model(graphdef, params, stats)
+        model = build_lib.merge_model(graphdef, params, stats)
         return model(batch, specs, noise, train=False)
 
     out = jax.jit(attention_lib.under_mesh(trainer.mesh, latent_of))(
@@ -203,7 +203,7 @@ def compare_decoder_heads(trainer, d, host, batch, state, gsd) -> dict:
     )
 
     def decode(params, stats, latent, ids_restore, original: bool):
-        model = state_lib.merge_model(graphdef, params, stats)
+        model = build_lib.merge_model(graphdef, params, stats)
         dec_tokens, recon = model.decoder(latent, ids_restore, batch, specs)
         if not original:
             return recon

@@ -154,7 +154,7 @@ def measure(config, tallies: dict, batches: int, num_workers: int, progress) -> 
     step_batches = pipeline.StepBatches(
         datasets,
         seed=config.seed,
-        mask_ratio=config.model.get("mask_ratio", 0.75),
+        mask_ratio=config.model.mask_ratio,
         mixing=config.data.get("mixing", "weights"),
     )
     for dataset, share in zip(datasets, step_batches.plan.mixing.step_shares(), strict=True):

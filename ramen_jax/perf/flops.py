@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ramen_jax.model.config import ModelConfig
 from ramen_jax.model.ltae import KEY_WIDTH
-from ramen_jax.model.mae import ModelConfig
 
 
 def _attention_block(tokens: int, width: int, mlp_ratio: float) -> int:

@@ -11,7 +11,6 @@ step and modality, before anything after the last good checkpoint is saved.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import re
 
@@ -24,9 +23,10 @@ from flax import nnx
 from ramen_jax import storage
 from ramen_jax.data import pipeline
 from ramen_jax.model import attention as attention_lib
+from ramen_jax.model import build as state_lib
+from ramen_jax.model import config as model_config_lib
 from ramen_jax.model import loss as loss_lib
-from ramen_jax.model import state as state_lib
-from ramen_jax.model.mae import ModelConfig, RamenMAE
+from ramen_jax.model import weights
 from ramen_jax.training import (
     checkpointing,
     compile_stats,
@@ -46,18 +46,6 @@ from ramen_jax.training import (
 from ramen_jax.training import step as step_lib
 from ramen_jax.training.failures import PREEMPTED_EXIT_CODE, Preempted, RunError
 from ramen_jax.training.optimizer import TorchAdamWState, learning_rate_schedule, torch_adamw
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
-
-
-def model_config_from(config, datasets, platform: str) -> ModelConfig:
-    """The model of ``config``; ``model.attention_impl=""`` becomes the default attention of
-    ``platform``, the devices' platform (``ramen_jax.model.attention.default_attention``)."""
-    kinds = sorted({spec.kind for d in datasets for spec in d.specs})
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    values = {k: v for k, v in config.model.items() if k in fields}
-    values["attention_impl"] = attention_lib.resolve(values.get("attention_impl"), platform)
-    return ModelConfig(kinds=tuple(kinds), **values)
 
 
 def trainable_mask(params, optim_config):
@@ -89,9 +77,7 @@ def _state_shardings(param_sh, stats_sh, mesh) -> step_lib.TrainState:
 def load_init_from(directory: str, state: step_lib.TrainState, reporter) -> step_lib.TrainState:
     """Overwrites parameters (and BatchNorm stats) with those of a converted model checkpoint;
     parameters the checkpoint lacks (e.g. a new sensor's projector) keep their fresh init."""
-    from ramen_jax.convert import model_io
-
-    _, params, stats, _ = model_io.load_model(directory)
+    _, params, stats, _ = weights.load_model(directory)
 
     def merge(current, loaded, what):
         cur, new = state_lib.flatten_dict(current), state_lib.flatten_dict(loaded)
@@ -145,13 +131,13 @@ class Trainer:
             config.data, sharding.batch_shards(self.mesh, self.rules)
         )
         self.specs = {d.name: tuple(d.specs) for d in self.datasets}
-        self.model_config = model_config_from(
-            config, self.datasets, platform or attention_lib.platform_of(self.mesh)
+        self.model_config = model_config_lib.from_config(
+            config.model,
+            {spec.kind for d in self.datasets for spec in d.specs},
+            platform or attention_lib.platform_of(self.mesh),
         )
-        self.dtype = DTYPES[config.model.get("dtype", "float32")]
-        abstract = nnx.eval_shape(
-            lambda: RamenMAE(self.model_config, rngs=nnx.Rngs(0), dtype=self.dtype)
-        )
+        self.dtype = model_config_lib.compute_dtype(config.model)
+        abstract = state_lib.abstract(self.model_config, dtype=self.dtype)
         self.graphdef = nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
         param_sh, stats_sh = sharding.state_shardings(abstract, self.rules, self.mesh)
         run_length.resolve(config, self.datasets)  # lengths left at 0: from the data sizes
@@ -187,9 +173,7 @@ class Trainer:
         if self._init is None:
 
             def init():
-                model = RamenMAE(
-                    self.model_config, rngs=nnx.Rngs(params=self.config.seed), dtype=self.dtype
-                )
+                model = state_lib.build(self.model_config, seed=self.config.seed, dtype=self.dtype)
                 _, params, stats = state_lib.split_model(model)
                 return step_lib.TrainState(
                     jnp.zeros((), jnp.int32), params, stats, self.optimizer.init(params)
