@@ -342,10 +342,10 @@ def test_formats_detected(tmp_path):
     np.testing.assert_array_equal(named["decoder.norm.bias"], sd["model.decoder.norm.bias"])
 
 
-# ----------------------------------------------------------------------------- model_io
+# ----------------------------------------------------------------------------- model directory
 
 
-def test_model_io_round_trip_and_errors(converted, tmp_path):
+def test_model_directory_round_trip_and_errors(converted, tmp_path):
     paths, _ = converted
     config, params, stats, has_decoder = model_weights.load_model(paths["lightning_dir"])
     assert list(params["encoder"]["blocks"]) == [0, 1]  # int keys survive Orbax

@@ -49,6 +49,7 @@ from ml_collections import config_flags
 
 from ramen_jax import cli
 from ramen_jax.data import data_location, pipeline
+from ramen_jax.model import config as model_config_lib
 
 DEFAULT_WORKDIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "ramen_jax")
 
@@ -154,7 +155,7 @@ def measure(config, tallies: dict, batches: int, num_workers: int, progress) -> 
     step_batches = pipeline.StepBatches(
         datasets,
         seed=config.seed,
-        mask_ratio=config.model.mask_ratio,
+        mask_ratio=model_config_lib.from_config(config.model, ()).mask_ratio,
         mixing=config.data.get("mixing", "weights"),
     )
     for dataset, share in zip(datasets, step_batches.plan.mixing.step_shares(), strict=True):

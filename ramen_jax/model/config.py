@@ -79,6 +79,15 @@ class ModelConfig:
 FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 
 
+def config_defaults() -> dict:
+    """Every key a run's ``config.model`` may hold, with ``ModelConfig``'s defaults (and
+    ``dtype`` float32): what a config file starts its ``model`` section from, so that each key
+    can be set on the command line of a locked config and no default is written twice."""
+    defaults = ModelConfig()
+    values = {name: getattr(defaults, name) for name in FIELDS if name != "kinds"}
+    return {**values, "dtype": "float32"}
+
+
 def check_keys(model_section, where: str = "config model") -> None:
     """Raises ``ModelConfigError`` for the first key of ``model_section`` (a mapping) that is
     neither a ``ModelConfig`` field nor a run key; ``kinds`` comes from the data, not from it."""
