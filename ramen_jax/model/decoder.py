@@ -60,15 +60,13 @@ class Decoder(nnx.Module):
         )
 
         def block():
-            return Block(
+            return Block.of(
+                config,
                 decoder_dim,
                 config.decoder_heads,
-                mlp_ratio=config.mlp_ratio,
-                norm_eps=config.block_norm_eps,
                 rngs=rngs,
                 dtype=dtype,
                 param_dtype=param_dtype,
-                attention_impl=config.attention_impl,
             )
 
         self.temporal_block = block()

@@ -54,15 +54,13 @@ class Encoder(nnx.Module):
         self.in_norm = LayerNorm(embed_dim, epsilon=1e-6, param_dtype=param_dtype, dtype=dtype)
         self.blocks = nnx.List(
             [
-                Block(
+                Block.of(
+                    config,
                     embed_dim,
                     config.num_heads,
-                    mlp_ratio=config.mlp_ratio,
-                    norm_eps=config.block_norm_eps,
                     rngs=rngs,
                     dtype=dtype,
                     param_dtype=param_dtype,
-                    attention_impl=config.attention_impl,
                 )
                 for _ in range(config.depth)
             ]
