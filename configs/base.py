@@ -26,6 +26,7 @@ the original's experiment config; its shipped SLURM launcher passes ``max_epochs
 import ml_collections
 
 from ramen_jax.data import catalog
+from ramen_jax.model import config as model_config
 
 
 def modality(kind, channels, gsd, side, time_series=False, max_time_steps=0, temporal_dropout=0.0):
@@ -165,28 +166,19 @@ def get_config(arg=None):
     c.total_steps = 0  # 0: epochs x steps_per_epoch
     c.steps_per_epoch = 0  # 0: the datasets' full global batches per epoch, summed
 
-    c.model = ml_collections.ConfigDict(
-        {
-            "embed_dim": 768,
-            "depth": 12,
-            "num_heads": 12,
-            "mlp_ratio": 4.0,
-            "decoder_dim": 512,
-            "decoder_depth": 8,
-            "decoder_heads": 16,
-            "mask_ratio": 0.75,
-            "block_norm_eps": 1e-6,
-            "ltae_attention_dropout": 0.1,
-            # "" = the default of the mesh's platform: splash (Pallas kernel) on TPU, cudnn on
-            # GPU, chunked einsum on CPU; "xla" / "cudnn" / "einsum" / "chunked" / "splash"
-            # force one (ramen_jax/model/attention.py, docs/performance.md).
-            "attention_impl": "",
-            "dtype": "bfloat16",
-            # Recompute every transformer block's activations (encoder, decoder, the decoder's
-            # attention over dates) in the backward pass instead of storing them.
-            "remat": False,
-            "scan_layers": False,
-        }
+    # Every ModelConfig field at its default (RAMEN-B: ViT-B encoder, 8 x 512 decoder,
+    # ramen_jax/model/config.py), then the paper's own choices. Other model keys are refused.
+    # attention_impl "" = the default of the mesh's platform: splash (Pallas kernel) on TPU,
+    # cudnn on GPU, chunked einsum on CPU; "xla" / "cudnn" / "einsum" / "chunked" / "splash"
+    # force one (ramen_jax/model/attention.py, docs/performance.md). remat: recompute every
+    # transformer block's activations (encoder, decoder, the decoder's attention over dates) in
+    # the backward pass instead of storing them.
+    c.model = ml_collections.ConfigDict(model_config.config_defaults())
+    c.model.update(
+        # The original pretraining's value: its L-TAE attention keeps the default dropout of
+        # 0.1 on the attention weights (ModelConfig's default is 0.0).
+        ltae_attention_dropout=0.1,
+        dtype="bfloat16",
     )
 
     c.data = ml_collections.ConfigDict()

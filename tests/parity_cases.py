@@ -23,8 +23,8 @@ import numpy as np
 from ramen_jax import sensors
 from ramen_jax.batch import Batch, build_layout
 from ramen_jax.convert import mapping
-from ramen_jax.model import state as state_lib
-from ramen_jax.model.mae import ModelConfig
+from ramen_jax.model import build as build_lib
+from ramen_jax.model.config import ModelConfig
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 F64_RTOL = 1e-9
@@ -100,6 +100,8 @@ def model_config() -> ModelConfig:
         decoder_depth=size["decoder_depth"],
         decoder_heads=size["decoder_num_heads"],
         mask_ratio=config()["meta"]["mask_ratio"],
+        # XLA's attention (einsum in float64), not the builder's CPU default (chunked einsum)
+        attention_impl="xla",
     )
 
 
@@ -110,9 +112,9 @@ def torch_weights() -> dict:
 def build(dtype, **options):
     """A model holding the fixture weights (cast to ``dtype``); ``options`` replace
     ``ModelConfig`` fields that do not change the parameters (remat, scan_layers, ...)."""
-    shapes = state_lib.flat_shapes(state_lib.abstract_model(model_config()))
+    shapes = build_lib.flat_shapes(build_lib.abstract(model_config()))
     flat = mapping.from_torch(torch_weights(), shapes, "weights.npz")
-    return state_lib.model_from_flat(dataclasses.replace(model_config(), **options), flat, dtype)
+    return build_lib.model_from_flat(dataclasses.replace(model_config(), **options), flat, dtype)
 
 
 def dataset_specs(case: dict) -> list[sensors.ModalitySpec]:

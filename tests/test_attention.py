@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from ramen_jax.model import attention as attention_lib
+from ramen_jax.model import config as model_config_lib
 from ramen_jax.training import run_identity
-from ramen_jax.training.trainer import model_config_from
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
@@ -61,12 +61,12 @@ def test_the_model_config_takes_the_platform_not_the_host_backend():
     """On this CPU host, a config for TPU devices gets the TPU kernel; the run identity (what
     a resume compares) is the same whatever the platform or attention."""
     config = ml_collections.ConfigDict({"model": {"attention_impl": "", "embed_dim": 64}})
-    datasets = [types.SimpleNamespace(specs=[types.SimpleNamespace(kind="optical")])]
+    kinds = ("optical",)
     assert jax.default_backend() == "cpu"
-    assert model_config_from(config, datasets, "tpu").attention_impl == "splash"
-    assert model_config_from(config, datasets, "cpu").attention_impl == "chunked"
+    assert model_config_lib.from_config(config.model, kinds, "tpu").attention_impl == "splash"
+    assert model_config_lib.from_config(config.model, kinds, "cpu").attention_impl == "chunked"
     config.model.attention_impl = "xla"
-    assert model_config_from(config, datasets, "tpu").attention_impl == "xla"
+    assert model_config_lib.from_config(config.model, kinds, "tpu").attention_impl == "xla"
     identities = [
         run_identity.identity({"model": {"attention_impl": impl, "embed_dim": 64}}, None)
         for impl in ("", "splash", "chunked", "cudnn")

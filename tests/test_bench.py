@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from ramen_jax.data import pipeline
-from ramen_jax.model import state as state_lib
-from ramen_jax.training.trainer import model_config_from
+from ramen_jax.model import build as build_lib
+from ramen_jax.model import config as model_config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -59,9 +59,9 @@ def _parameter_count(variant) -> int:
     assert config.data.to_dict() == paper.data.to_dict()
     assert config.optim.to_dict() == paper.optim.to_dict()
     datasets = pipeline.build_datasets(config.data, 1)
-    shapes = state_lib.flat_shapes(
-        state_lib.abstract_model(model_config_from(config, datasets, "cpu"))
-    )
+    kinds = {spec.kind for d in datasets for spec in d.specs}
+    model_config = model_config_lib.from_config(config.model, kinds, "cpu")
+    shapes = build_lib.flat_shapes(build_lib.abstract(model_config))
     return sum(math.prod(s) for s in shapes.values())
 
 

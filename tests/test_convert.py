@@ -17,18 +17,21 @@ import numpy as np
 import parity_cases as pc
 import pytest
 import torch
+from flax import nnx
 
 from ramen_jax import sensors
-from ramen_jax.convert import cli, mapping, model_io, torch_io
-from ramen_jax.model import state as state_lib
+from ramen_jax.convert import cli, mapping, torch_io
+from ramen_jax.model import build as build_lib
+from ramen_jax.model import weights as model_weights
 
 RELEASED = pc.FIXTURES / "encoder_released.ckpt"
 LIGHTNING = pc.FIXTURES / "mae_lightning.ckpt"
 HEADS = str(pc.config()["size"]["num_heads"])
 TOKENS_ATOL = 1e-3
-# Importing the converter (and so the training code that loads model directories) needs no torch.
+# Importing the converter (and the model weights I/O that training loads directories with) needs
+# no torch.
 LAZY_TORCH = (
-    "import sys, ramen_jax.convert.cli, ramen_jax.convert.model_io; "
+    "import sys, ramen_jax.convert.cli, ramen_jax.model.weights; "
     "assert 'torch' not in sys.modules, 'torch imported eagerly'"
 )
 
@@ -158,9 +161,9 @@ def test_converted_state_equals_weights_npz(converted):
     paths, _ = converted
     weights = pc.torch_weights()
     for key, part in (("lightning_dir", ("encoder.", "decoder.")), ("released_dir", ("encoder.",))):
-        _, params, stats, has_decoder = model_io.load_model(paths[key])
+        _, params, stats, has_decoder = model_weights.load_model(paths[key])
         assert has_decoder == (len(part) == 2)
-        ours = mapping.to_torch(model_io.flat_from_trees(params, stats))
+        ours = mapping.to_torch(model_weights.flat_from_trees(params, stats))
         ref = {k: v for k, v in weights.items() if k.startswith(part)}
         assert list(ours) == list(ref)
         for name, value in ref.items():
@@ -185,20 +188,21 @@ def test_inferred_architecture(converted):
 
 def test_model_reproduces_fixture_tokens(converted):
     paths, _ = converted
-    model, has_decoder = model_io.model_from_checkpoint(paths["released_dir"])
+    config, params, stats, has_decoder = model_weights.load_model(paths["released_dir"])
     assert not has_decoder
     # every encoder variable (BatchNorm statistics included) holds the fixture's value
-    ours = mapping.to_torch(state_lib.flat_state(model))
+    ours = mapping.to_torch(model_weights.flat_from_trees(params, stats))
     for name, value in pc.torch_weights().items():
         if name.startswith("encoder."):
             np.testing.assert_array_equal(ours[name], value, err_msg=name)
     case = next(c for c in pc.cases("encoder") if c["file"] == "enc_fx_a_g20_s1.npz")
     specs, batch = pc.batch(case, np.float32)
-    graphdef, params, stats = state_lib.split_model(model)
+    graphdef = nnx.split(build_lib.abstract(config).encoder, nnx.Param, nnx.BatchStat)[0]
+    params, stats = params["encoder"], stats.get("encoder", {})
 
     @jax.jit
     def encode(params, stats, batch):
-        encoder = state_lib.merge_model(graphdef, params, stats).encoder
+        encoder = build_lib.merge_model(graphdef, params, stats)
         return encoder(batch, tuple(specs), train=False)
 
     tokens = np.asarray(encode(params, stats, batch))
@@ -271,7 +275,7 @@ def test_overwrite_protection(converted, tmp_path, capsys):
     assert rc == 1 and "--overwrite" in err and not (out_dir / "model_config.json").exists()
     args = ("from-torch", LIGHTNING, out_dir, "--num-heads", 4, "--overwrite")
     assert _main(capsys, *args)[0] == 0
-    assert model_io.load_model(out_dir)[3] is True  # the lightning one replaced nothing else
+    assert model_weights.load_model(out_dir)[3] is True  # the lightning one replaced nothing else
     assert (out_dir / "keep.txt").read_text() == "x"
 
 
@@ -338,35 +342,38 @@ def test_formats_detected(tmp_path):
     np.testing.assert_array_equal(named["decoder.norm.bias"], sd["model.decoder.norm.bias"])
 
 
-# ----------------------------------------------------------------------------- model_io
+# ----------------------------------------------------------------------------- model directory
 
 
-def test_model_io_round_trip_and_errors(converted, tmp_path):
+def test_model_directory_round_trip_and_errors(converted, tmp_path):
     paths, _ = converted
-    config, params, stats, has_decoder = model_io.load_model(paths["lightning_dir"])
+    config, params, stats, has_decoder = model_weights.load_model(paths["lightning_dir"])
     assert list(params["encoder"]["blocks"]) == [0, 1]  # int keys survive Orbax
     assert stats["encoder"]["ltae"]["inconv"]["norm"]["count"] == 1000
-    model_io.save_model(tmp_path / "copy", config, params, stats, has_decoder)
-    again = model_io.load_model(tmp_path / "copy")
+    model_weights.save_model(tmp_path / "copy", config, params, stats, has_decoder)
+    again = model_weights.load_model(tmp_path / "copy")
     assert again[0] == config and again[3] is True
-    for path, value in state_lib.flatten_dict(params).items():
-        np.testing.assert_array_equal(state_lib.flatten_dict(again[1])[path], value)
+    for path, value in build_lib.flatten_dict(params).items():
+        np.testing.assert_array_equal(build_lib.flatten_dict(again[1])[path], value)
     with pytest.raises(FileExistsError):
-        model_io.save_model(tmp_path / "copy", config, params, stats, has_decoder)
-    with pytest.raises(model_io.ModelCheckpointError, match="does not exist"):
-        model_io.load_model(tmp_path / "nowhere")
+        model_weights.save_model(tmp_path / "copy", config, params, stats, has_decoder)
+    with pytest.raises(model_weights.ModelCheckpointError, match="does not exist"):
+        model_weights.load_model(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(model_io.ModelCheckpointError, match="model_config.json"):
-        model_io.load_model(tmp_path / "empty")
+    with pytest.raises(model_weights.ModelCheckpointError, match="model_config.json"):
+        model_weights.load_model(tmp_path / "empty")
     # a corrupt checkpoint: the Orbax data files overwritten
     for f in (tmp_path / "copy" / "state").rglob("*"):
         if f.is_file():
             f.write_bytes(b"garbage")
-    with pytest.raises(model_io.ModelCheckpointError, match="cannot read"):
-        model_io.load_model(tmp_path / "copy")
+    with pytest.raises(model_weights.ModelCheckpointError, match="cannot read"):
+        model_weights.load_model(tmp_path / "copy")
     # a config that does not match the saved state
     bad = json.loads((paths["released_dir"] / "model_config.json").read_text())
-    with pytest.raises(model_io.ModelCheckpointError, match="does not match"):
-        model_io.save_model(
-            tmp_path / "wrong", model_io.config_from_dict({**bad, "depth": 3})[0], params, stats
+    with pytest.raises(model_weights.ModelCheckpointError, match="does not match"):
+        model_weights.save_model(
+            tmp_path / "wrong",
+            model_weights.config_from_dict({**bad, "depth": 3})[0],
+            params,
+            stats,
         )

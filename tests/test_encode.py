@@ -26,11 +26,11 @@ from flax import nnx
 
 from ramen_jax import sensors
 from ramen_jax.batch import Batch, build_layout
-from ramen_jax.convert import checkpoints, model_io
 from ramen_jax.encode import __main__ as cli
 from ramen_jax.encode import geotiff, inputs, runner
-from ramen_jax.model import state as state_lib
-from ramen_jax.model.mae import ModelConfig
+from ramen_jax.model import build as build_lib
+from ramen_jax.model import weights as model_weights
+from ramen_jax.model.config import ModelConfig
 
 ATOL = 1e-5
 TINY = ModelConfig(
@@ -51,7 +51,7 @@ def random_state(config=TINY, seed=0, has_decoder=False):
     """``(params, batch_stats)`` of random NumPy values: a random model without the per-shape
     XLA compilations of Flax's initialisers (seconds on a small CPU)."""
     rng = np.random.default_rng(seed)
-    params, stats = model_io.expected_trees(config, has_decoder)
+    params, stats = model_weights.expected_trees(config, has_decoder)
 
     def draw(path, leaf):
         name = str(path[-1].key)
@@ -71,16 +71,16 @@ def random_state(config=TINY, seed=0, has_decoder=False):
 
 def save_encoder(directory, config=TINY, seed=0):
     params, stats = random_state(config, seed)
-    model_io.save_model(directory, config, params, stats, has_decoder=False)
+    model_weights.save_model(directory, config, params, stats, has_decoder=False)
     return params, stats
 
 
 def jitted_encoder(config, params, stats, method="__call__"):
     """``fn(batch, specs) -> tokens`` of the model's own encoder (jitted, eager semantics)."""
-    graphdef = nnx.split(state_lib.abstract_model(config).encoder, nnx.Param, nnx.BatchStat)[0]
+    graphdef = nnx.split(build_lib.abstract(config).encoder, nnx.Param, nnx.BatchStat)[0]
 
     def run(params, stats, batch, specs, *args):
-        encoder = state_lib.merge_model(graphdef, params, stats)
+        encoder = build_lib.merge_model(graphdef, params, stats)
         return getattr(encoder, method)(batch, specs, *args)
 
     compiled = jax.jit(run, static_argnums=(3, 4) if method == "block_outputs" else (3,))
@@ -179,7 +179,7 @@ def test_geotiff_at_two_gsds_matches_the_encoder(model_dir, tmp_path, capsys):
 
 def test_multi_block_output_is_pangaea_layout(model_dir):
     _, (params, stats) = model_dir
-    encoder = runner.FrozenEncoder(checkpoints.load_encoder_weights(model_dir[0]))
+    encoder = runner.FrozenEncoder(model_weights.load_encoder_weights(model_dir[0]))
     specs = (
         sensors.modality("s2", "optical", [490, 560, 665, 842], 10, 24),
         sensors.modality("s1", "sar", ["asc_vv", "asc_vh"], 20, 12),
@@ -247,18 +247,18 @@ def test_training_workdir_checkpoint(tmp_path):
     saver.save(5, state, meta, wait=True)
     saver.save(7, state._replace(params=jax.tree.map(lambda x: x + 1, params)), meta, wait=True)
     saver.close()
-    latest = checkpoints.load_encoder_weights(tmp_path)
+    latest = model_weights.load_encoder_weights(tmp_path)
     assert latest.config == TINY and "step 7" in latest.source
     assert set(latest.params) == {"encoder"} and 0 in latest.params["encoder"]["blocks"]
     np.testing.assert_array_equal(
         latest.params["encoder"]["cls_token"], np.asarray(params["encoder"]["cls_token"]) + 1
     )
-    first = checkpoints.load_encoder_weights(tmp_path, step=5)
-    flat = state_lib.flatten_dict(first.params)
-    for path, value in state_lib.flatten_dict({"encoder": params["encoder"]}).items():
+    first = model_weights.load_encoder_weights(tmp_path, step=5)
+    flat = build_lib.flatten_dict(first.params)
+    for path, value in build_lib.flatten_dict({"encoder": params["encoder"]}).items():
         np.testing.assert_array_equal(flat[path], np.asarray(value))
-    with pytest.raises(model_io.ModelCheckpointError, match="no checkpoint of step 6"):
-        checkpoints.load_encoder_weights(tmp_path, step=6)
+    with pytest.raises(model_weights.ModelCheckpointError, match="no checkpoint of step 6"):
+        model_weights.load_encoder_weights(tmp_path, step=6)
 
     # ... and the converter exports a step of the run, decoder included, to PyTorch
     torch = pytest.importorskip("torch")
@@ -269,7 +269,7 @@ def test_training_workdir_checkpoint(tmp_path):
     assert convert_cli.main(["to-torch", str(tmp_path), str(out), "--format", "lightning"]) == 0
     exported = torch.load(out, weights_only=True)["state_dict"]
     latest_params = jax.tree.map(lambda x: np.asarray(x) + 1, params)
-    wanted = mapping.to_torch(state_lib.flatten_dict(latest_params))
+    wanted = mapping.to_torch(build_lib.flatten_dict(latest_params))
     assert any(name.startswith("model.decoder.") for name in exported)
     for name, value in wanted.items():
         np.testing.assert_array_equal(exported["model." + name].numpy(), value, err_msg=name)
@@ -353,7 +353,7 @@ def test_batches_are_split_over_devices(model_dir, tmp_path):
     command = [sys.executable, "-c", SHARDED, str(model_dir[0]), str(out)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    encoder = runner.FrozenEncoder(checkpoints.load_encoder_weights(model_dir[0]))
+    encoder = runner.FrozenEncoder(model_weights.load_encoder_weights(model_dir[0]))
     spec = sensors.modality("s2", "optical", [490, 560, 665, 842], 10, 16)
     pixels = np.random.default_rng(4).normal(size=(3, 1, 16, 16, 4))
     single = encoder.encode({"s2": pixels}, [spec], 20.0).maps[0]

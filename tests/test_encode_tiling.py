@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from test_encode import TINY, save_encoder
 
-from ramen_jax.convert import checkpoints
 from ramen_jax.encode import inputs, runner, scene, tiling
+from ramen_jax.model import weights as model_weights
 
 
 class PoolingEncoder:
@@ -151,7 +151,7 @@ def test_blending_is_continuous_and_exact_where_tiles_do_not_overlap():
 def test_real_model_tiles_match_their_own_encoding(tmp_path):
     directory = tmp_path / "model"
     save_encoder(directory)
-    encoder = runner.FrozenEncoder(checkpoints.load_encoder_weights(directory))
+    encoder = runner.FrozenEncoder(model_weights.load_encoder_weights(directory))
     rng = np.random.default_rng(5)
     pixels = rng.normal(size=(112, 112, 4))
     s2 = inputs.from_array("s2", pixels, gsd=10, channels=[490, 560, 665, 842])
@@ -206,7 +206,7 @@ def test_scene_is_covered_edge_to_edge_with_nodata_marked(tmp_path):
         transform=corner,
     )
     save_encoder(tmp_path / "model")
-    encoder = runner.FrozenEncoder(checkpoints.load_encoder_weights(tmp_path / "model"))
+    encoder = runner.FrozenEncoder(model_weights.load_encoder_weights(tmp_path / "model"))
     result = scene.encode_scene(encoder, [landsat], 120.0, tile=32, progress=False)
     maps = np.asarray(result.maps[0])
     assert maps.shape == (TINY.embed_dim, 24, 27) and result.pixel_size == 120.0
@@ -288,7 +288,7 @@ def test_real_model_seams_no_stronger_than_the_interior(tmp_path):
     overlapping by 19 with linear ramps gave 1.42 / 1.17, and 19-px tiles without overlap
     (``overlap=0``, checked here) 1.77 / 2.28."""
     save_encoder(tmp_path / "model")
-    encoder = runner.FrozenEncoder(checkpoints.load_encoder_weights(tmp_path / "model"))
+    encoder = runner.FrozenEncoder(model_weights.load_encoder_weights(tmp_path / "model"))
     y, x = np.mgrid[0:200, 0:200] / 200.0
     ramp = np.stack([x + y, x - y, 0.5 * x, y], axis=-1)
     landsat = inputs.from_array("l", ramp, gsd=28.5, channels=[485, 560, 660, 835])

@@ -30,9 +30,9 @@ from test_storage import bucket_files
 from test_train import REPO, losses, metrics, run_train, train_command
 
 from ramen_jax import storage
-from ramen_jax.convert import checkpoints
 from ramen_jax.encode import __main__ as encode_cli
-from ramen_jax.model import state as state_lib
+from ramen_jax.model import build as build_lib
+from ramen_jax.model import weights as model_weights
 
 SETTINGS = ("--config.total_steps=30", "--config.workdir_sync_seconds=0")
 # validation every 10 steps (the demo has no held-out split: 2 batches of its training data),
@@ -137,12 +137,12 @@ def test_bucket_run_resumes_after_sigkill_then_converts_and_encodes(gcs_bucket, 
     assert out.startswith("released checkpoint") and f"{gcs_bucket}/model.ckpt" in out
     convert("from-torch", f"{gcs_bucket}/model.ckpt", f"{gcs_bucket}/model", "--num-heads", "2")
     forget_listings()
-    trained = checkpoints.load_encoder_weights(workdir)
+    trained = model_weights.load_encoder_weights(workdir)
     assert "step 30" in trained.source
-    back = checkpoints.load_encoder_weights(f"{gcs_bucket}/model")
+    back = model_weights.load_encoder_weights(f"{gcs_bucket}/model")
     assert trained.config.embed_dim == back.config.embed_dim == 32
-    flat_back = state_lib.flatten_dict(back.params)
-    for path, value in state_lib.flatten_dict(trained.params).items():
+    flat_back = build_lib.flatten_dict(back.params)
+    for path, value in build_lib.flatten_dict(trained.params).items():
         np.testing.assert_array_equal(flat_back[path], value, err_msg=str(path))
 
     # encode: model, scene and statistics from the bucket, embeddings into it; the same

@@ -12,8 +12,8 @@ import pytest
 from ramen_jax.batch import Batch, build_layout
 from ramen_jax.convert import mapping
 from ramen_jax.model import attention as attention_lib
+from ramen_jax.model import build as build_lib
 from ramen_jax.model import decoder as decoder_lib
-from ramen_jax.model import state as state_lib
 from ramen_jax.model.reference import original_order_recon
 from ramen_jax.training import step as step_lib
 
@@ -28,12 +28,12 @@ def test_decoder_head_in_original_order_matches_the_refactor(file):
         model = pc.build(jnp.float64)
         specs, batch = pc.batch(case, np.float64)
         overrides = pc.f64_overrides(case, specs, batch.layout)
-        graphdef, params, stats = state_lib.split_model(model)
+        graphdef, params, stats = build_lib.split_model(model)
         side = int(case["tokens_per_modality"] ** 0.5)
 
         @jax.jit
         def both(params, stats, batch, noise):
-            m = state_lib.merge_model(graphdef, params, stats)
+            m = build_lib.merge_model(graphdef, params, stats)
             out = m(batch, tuple(specs), noise, train=True, overrides=overrides)
             series = None
             if any(s.time_series for s in specs):
@@ -90,9 +90,9 @@ def test_padded_tokens_never_change_valid_tokens(implementation, monkeypatch):
         series_bucket=2 * series,
     )
     padded = batch.replace(layout=jax.tree.map(jnp.asarray, padded_layout))
-    graphdef, params, stats = state_lib.split_model(model)
+    graphdef, params, stats = build_lib.split_model(model)
     encode = jax.jit(
-        lambda b: state_lib.merge_model(graphdef, params, stats).encoder(b, tuple(specs))
+        lambda b: build_lib.merge_model(graphdef, params, stats).encoder(b, tuple(specs))
     )
     plain, with_padding = encode(batch), encode(padded)
     assert with_padding.shape[1] == 1 + 3 * length
@@ -129,7 +129,7 @@ def test_remat_scan_and_chunked_attention_compute_the_original_loss_and_gradient
         assert batch.layout.length > 2 * attention_lib.ATTENTION_CHUNK
         assert batch.layout.series_length > 2 * decoder_lib.TEMPORAL_CHUNK_TOKENS
         overrides = pc.f64_overrides(case, specs, batch.layout)
-        graphdef, params, stats = state_lib.split_model(model)
+        graphdef, params, stats = build_lib.split_model(model)
         noise = jnp.asarray(arrays["mask_noise"], jnp.float64)
         out, _, grads = jax.jit(
             lambda p, s, b, o, n: step_lib.loss_and_grads(
@@ -137,7 +137,7 @@ def test_remat_scan_and_chunked_attention_compute_the_original_loss_and_gradient
             )
         )(params, stats, batch, overrides, noise)
         assert pc.rel_error(out["loss"], arrays["f64/loss_total"]) < pc.F64_RTOL
-        torch_grads = mapping.to_torch(state_lib.flatten_dict(grads))
+        torch_grads = mapping.to_torch(build_lib.flatten_dict(grads))
         checked = 0
         for name, grad in torch_grads.items():
             key = f"f64/grad/{name}"
@@ -174,7 +174,7 @@ def test_a_step_that_keeps_no_time_series_modality():
     batch = jax.tree.map(
         jnp.asarray, Batch(pixels=pixels, dates=dates, time_valid=valid, layout=layout)
     )
-    graphdef, params, stats = state_lib.split_model(pc.build(jnp.float32))
+    graphdef, params, stats = build_lib.split_model(pc.build(jnp.float32))
     noise = jax.random.uniform(jax.random.key(0), layout.token_valid.shape)[None]
     noise = jnp.broadcast_to(noise, (pixels[kept[0]].shape[0], noise.shape[1]))
     out, _, grads = jax.jit(

@@ -14,7 +14,7 @@ import parity_cases as pc
 import pytest
 
 from ramen_jax import geometry
-from ramen_jax.model import state as state_lib
+from ramen_jax.model import build as build_lib
 from ramen_jax.model import tokens as tok
 from ramen_jax.model.encodings import grid_position_code
 
@@ -60,12 +60,12 @@ def _run(file, f64):
         model = pc.build(jnp.float64 if f64 else jnp.float32)
         specs, batch = pc.batch(case, np.float64 if f64 else np.float32)
         overrides = pc.f64_overrides(case, specs, batch.layout) if f64 else None
-        graphdef, params, stats = state_lib.split_model(model)
+        graphdef, params, stats = build_lib.split_model(model)
 
         @jax.jit
         def run(params, stats, batch, overrides):
             return _intermediates(
-                state_lib.merge_model(graphdef, params, stats), batch, tuple(specs), overrides
+                build_lib.merge_model(graphdef, params, stats), batch, tuple(specs), overrides
             )
 
         out = jax.tree.map(np.asarray, run(params, stats, batch, overrides))

@@ -14,7 +14,7 @@ import parity_cases as pc
 import pytest
 
 from ramen_jax.convert import mapping
-from ramen_jax.model import state as state_lib
+from ramen_jax.model import build as build_lib
 from ramen_jax.model.projectors import projection_matrix
 from ramen_jax.training import step as step_lib
 from ramen_jax.training.optimizer import torch_adamw
@@ -33,7 +33,7 @@ def _run(file, f64):
         model = pc.build(dtype)
         specs, batch = pc.batch(case, np.float64 if f64 else np.float32)
         overrides = pc.f64_overrides(case, specs, batch.layout) if f64 else None
-        graphdef, params, stats = state_lib.split_model(model)
+        graphdef, params, stats = build_lib.split_model(model)
         optimizer = torch_adamw(
             OPT["lr"],
             b1=OPT["betas"][0],
@@ -66,9 +66,9 @@ def _run(file, f64):
         out, new_stats, grads, new_params, metrics = jax.tree.map(
             np.asarray, run(params, stats, batch, overrides, noise)
         )
-    torch_grads = mapping.to_torch(state_lib.flatten_dict(grads))
-    torch_after = mapping.to_torch(state_lib.flatten_dict(new_params))
-    torch_stats = mapping.to_torch(state_lib.flatten_dict(new_stats))
+    torch_grads = mapping.to_torch(build_lib.flatten_dict(grads))
+    torch_after = mapping.to_torch(build_lib.flatten_dict(new_params))
+    torch_stats = mapping.to_torch(build_lib.flatten_dict(new_stats))
     return case, specs, out, torch_grads, torch_after, torch_stats, metrics
 
 

@@ -26,11 +26,11 @@ from test_storage import bucket_files
 
 from configs import base
 from ramen_jax import storage
-from ramen_jax.convert import model_io
 from ramen_jax.data import pipeline, staging
 from ramen_jax.data.sources import RecordSource, SourceConfigError
 from ramen_jax.evaluate import __main__ as evaluate_cli
 from ramen_jax.evaluate import datasets
+from ramen_jax.model import weights as model_weights
 from ramen_jax.perf import data_location
 
 
@@ -168,7 +168,7 @@ def test_converters_refuse_a_bucket_url(tmp_path, capsys):
 
 def test_evaluate_reads_and_writes_a_bucket(records, gcs_bucket, tmp_path, capsys):
     upload_directory(records, f"{gcs_bucket}/mmearth")
-    model_io.save_model(f"{gcs_bucket}/model", TINY, *random_state(TINY), has_decoder=False)
+    model_weights.save_model(f"{gcs_bucket}/model", TINY, *random_state(TINY), has_decoder=False)
     argv = [
         "--checkpoint",
         f"{gcs_bucket}/model",

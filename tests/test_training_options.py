@@ -11,10 +11,10 @@ import pytest
 
 from configs import demo
 from ramen_jax import sensors
-from ramen_jax.convert import model_io
 from ramen_jax.data import pipeline
+from ramen_jax.model import build as build_lib
 from ramen_jax.model import loss as loss_lib
-from ramen_jax.model import state as state_lib
+from ramen_jax.model import weights as model_weights
 from ramen_jax.model.projectors import projection_matrix
 from ramen_jax.training import reporting, sharding
 from ramen_jax.training import step as step_lib
@@ -37,7 +37,7 @@ def trainer_and_batch(trainable=()):
 
 
 def flat(tree):
-    return {k: np.asarray(v) for k, v in state_lib.flatten_dict(jax.device_get(tree)).items()}
+    return {k: np.asarray(v) for k, v in build_lib.flatten_dict(jax.device_get(tree)).items()}
 
 
 def test_frozen_parameters_stay_put():
@@ -121,7 +121,7 @@ def test_init_from_loads_what_the_checkpoint_has(tmp_path):
     params = jax.tree.map(lambda x: np.asarray(x) + 1.0, jax.device_get(source.params))
     encoder_only = {"encoder": params["encoder"]}
     stats = {"encoder": jax.device_get(source.batch_stats)["encoder"]}
-    model_io.save_model(
+    model_weights.save_model(
         tmp_path / "enc", trainer.model_config, encoder_only, stats, has_decoder=False
     )
     reporter = reporting.Reporter(str(tmp_path), 1, 0)
@@ -145,7 +145,7 @@ def test_nan_inputs_are_zeroed_like_the_original():
     trainer, host, batch = trainer_and_batch()
     state = trainer.init_state()
     specs = trainer.specs[host.dataset]
-    model = state_lib.merge_model(trainer.graphdef, state.params, state.batch_stats)
+    model = build_lib.merge_model(trainer.graphdef, state.params, state.batch_stats)
     name = specs[0].name
     pixels = np.asarray(batch.pixels[name]).copy()
     pixels[:, :, :3, :3] = np.nan
@@ -174,7 +174,7 @@ def test_single_channel_modality_has_a_finite_loss():
 
 def test_modalities_the_model_cannot_take_give_one_clear_error():
     trainer, _, _ = trainer_and_batch()  # demo model: optical + sar, no DEM projector
-    model = state_lib.merge_model(
+    model = build_lib.merge_model(
         trainer.graphdef,
         *jax.device_get((trainer.init_state().params, trainer.init_state().batch_stats)),
     )

@@ -215,6 +215,9 @@ CONFIG_CASES = {
     "zero_gsd": ("data.datasets.bigearthnet.effective_gsds", [0.0], "GSD 0.0 m"),
     "micrometres": ("data.datasets.bigearthnet.modalities.s2_10m.channels", [0.49], "'0.49'"),
     "accum_splits_no_batch": ("optim.grad_accum", 3, "a multiple of optim.grad_accum=3"),
+    # a config file's own model section (a command-line typo is refused by ml_collections)
+    "model_key_typo": ("model.embed_dimm", 64, "no field 'embed_dimm' (did you mean 'embed_dim'?)"),
+    "model_dtype": ("model.dtype", "float16", "model.dtype='float16'"),
 }
 
 

@@ -20,12 +20,13 @@ import argparse
 import json
 
 from ramen_jax import cli, storage
-from ramen_jax.convert import checkpoints, mapping, model_io, torch_io
-from ramen_jax.model.mae import ModelConfig
+from ramen_jax.convert import mapping, torch_io
+from ramen_jax.model import weights
+from ramen_jax.model.config import ModelConfig
 
 _USER_ERRORS = (
     mapping.MappingError,
-    model_io.ModelCheckpointError,
+    weights.ModelCheckpointError,
     torch_io.TorchCheckpointError,
     OSError,  # unreadable / unwritable paths (FileExistsError included)
 )
@@ -120,7 +121,7 @@ def from_torch(args) -> str:
         decoder_heads=args.decoder_heads,
         extra_config=_extra_config(args.config),
     )
-    model_io.save_model(
+    weights.save_model(
         args.dst,
         converted.config,
         converted.params,
@@ -137,7 +138,7 @@ def from_torch(args) -> str:
 def to_torch(args) -> str:
     if args.dst.exists() and not args.overwrite:
         raise FileExistsError(f"{args.dst} already exists (use --overwrite)")
-    config, params, batch_stats, has_decoder = checkpoints.load_model_weights(args.src, args.step)
+    config, params, batch_stats, has_decoder = weights.load_model_weights(args.src, args.step)
     count = torch_io.write_torch_checkpoint(
         args.dst, params, batch_stats, args.format, overwrite=args.overwrite
     )

@@ -28,9 +28,10 @@ import re
 import numpy as np
 
 from ramen_jax import sensors, storage
-from ramen_jax.convert import mapping, model_io
-from ramen_jax.model import state as state_lib
-from ramen_jax.model.mae import ModelConfig
+from ramen_jax.convert import mapping
+from ramen_jax.model import build as build_lib
+from ramen_jax.model import weights
+from ramen_jax.model.config import ModelConfig
 
 FORMATS = ("released", "lightning")
 # Prefix of the RAMENMAE names in each format that can be read ("mae": plain RAMENMAE names).
@@ -67,7 +68,7 @@ def _torch():
 
 @dataclasses.dataclass
 class Converted:
-    """A PyTorch checkpoint in ramen_jax form (what ``model_io.save_model`` takes)."""
+    """A PyTorch checkpoint in ramen_jax form (what ``weights.save_model`` takes)."""
 
     format: str
     num_tensors: int
@@ -235,8 +236,8 @@ def resolve_config(
 
 def expected_shapes(config: ModelConfig, has_decoder: bool) -> dict:
     """Our flat ``{path: shape}`` for the checkpoint's parts of this model."""
-    params, batch_stats = model_io.expected_trees(config, has_decoder)
-    flat = model_io.flat_from_trees(params, batch_stats)
+    params, batch_stats = weights.expected_trees(config, has_decoder)
+    flat = weights.flat_from_trees(params, batch_stats)
     return {path: tuple(leaf.shape) for path, leaf in flat.items()}
 
 
@@ -245,16 +246,16 @@ def to_model_state(
 ) -> tuple[dict, dict]:
     """RAMENMAE-named arrays -> ``(params, batch_stats)`` nested dicts, after ``check_keys``."""
     flat = mapping.from_torch(state_dict, expected_shapes(config, has_decoder), what)
-    params_spec, stats_spec = model_io.expected_trees(config, has_decoder)
-    stats_paths = set(state_lib.flatten_dict(stats_spec))
-    dtypes = state_lib.flatten_dict(params_spec) | state_lib.flatten_dict(stats_spec)
+    params_spec, stats_spec = weights.expected_trees(config, has_decoder)
+    stats_paths = set(build_lib.flatten_dict(stats_spec))
+    dtypes = build_lib.flatten_dict(params_spec) | build_lib.flatten_dict(stats_spec)
     params, stats = {}, {}
     for path, value in flat.items():
         dtype = np.dtype(dtypes[path].dtype)
         if np.issubdtype(dtype, np.integer) and np.any(value > np.iinfo(dtype).max):
             raise TorchCheckpointError(f"{what}: {path} value {value} overflows {dtype}")
         (stats if path in stats_paths else params)[path] = value.astype(dtype)
-    return state_lib.unflatten_dict(params), state_lib.unflatten_dict(stats)
+    return build_lib.unflatten_dict(params), build_lib.unflatten_dict(stats)
 
 
 def load_torch_checkpoint(
@@ -281,7 +282,7 @@ def torch_names_and_values(params: dict, batch_stats: dict, fmt: str) -> dict[st
     """The ``state_dict`` of ``fmt``, in PyTorch order: float32 tensors, int64 step counts."""
     if fmt not in FORMATS:
         raise TorchCheckpointError(f"unknown format {fmt!r}; expected one of {FORMATS}")
-    named = mapping.to_torch(model_io.flat_from_trees(params, batch_stats))
+    named = mapping.to_torch(weights.flat_from_trees(params, batch_stats))
     if fmt == "released":
         prefix = "encoder."
         return {n[len(prefix) :]: _cast(v) for n, v in named.items() if n.startswith(prefix)}

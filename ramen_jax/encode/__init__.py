@@ -14,13 +14,12 @@ Python API::
     batch = encoder.encode({"s2": pixels}, [spec], effective_gsd=40, blocks=[3, 5, 7, 11])
     batch.maps[0]  # [B, k * D, s, s]; batch.cls: [B, n_blocks, D]
 
-Weights are read by ``ramen_jax.convert.checkpoints``. Modules: ``runner`` (``FrozenEncoder``:
+Weights are read by ``ramen_jax.model.weights``. Modules: ``runner`` (``FrozenEncoder``:
 devices, jit, PANGAEA layout), ``inputs`` (describing modalities, normalisation), ``geotiff``
 (reading, aligning, writing), ``tiling`` (tiles and seamless blending), ``scene``
 (``encode_scene``), ``progress``. See docs/encode.md.
 """
 
-from ramen_jax.convert.checkpoints import EncoderWeights, load_encoder_weights
 from ramen_jax.encode.geotiff import align_to_reference, read_modality
 from ramen_jax.encode.inputs import (
     SCENE_STATS,
@@ -32,6 +31,7 @@ from ramen_jax.encode.inputs import (
 )
 from ramen_jax.encode.runner import EncodedBatch, FrozenEncoder, pangaea_layout
 from ramen_jax.encode.scene import SceneEmbeddings, encode_scene, write_outputs
+from ramen_jax.model.weights import EncoderWeights, load_encoder_weights
 
 
 def load_encoder(path, *, step: int | None = None, **options) -> FrozenEncoder:

@@ -33,10 +33,9 @@ import numpy as np
 import rasterio.errors
 
 from ramen_jax import cli, logs, sensors, storage
-from ramen_jax.convert.checkpoints import load_encoder_weights
-from ramen_jax.convert.model_io import ModelCheckpointError
 from ramen_jax.encode import geotiff, inputs, scene
 from ramen_jax.encode.runner import FrozenEncoder
+from ramen_jax.model.weights import ModelCheckpointError, load_encoder_weights
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _USER_ERRORS = (

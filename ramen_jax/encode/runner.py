@@ -15,9 +15,10 @@ the maps are the full encoder's tokens). As in PANGAEA, intermediate blocks come
 Devices: the batch is split over a 1-D ``data`` mesh of all local devices (parameters
 replicated); a batch is padded up to a multiple of the device count and the padding dropped.
 One XLA compilation per distinct (modalities, blocks, shapes); ``compiles`` counts them.
-Attention: the default of the devices' platform (``attention.default_attention``: chunked
-einsum on CPU, cuDNN on GPU where it applies, the splash kernel on TPU), whatever
-``attention_impl`` the training run used; ``attention_impl=`` chooses another.
+Attention: the default of the devices' platform, resolved as for training
+(``ModelConfig.for_platform``: chunked einsum on CPU, cuDNN on GPU where it applies, the splash
+kernel on TPU), whatever ``attention_impl`` the training run used; ``attention_impl=`` chooses
+another.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from ramen_jax import sensors
 from ramen_jax.batch import Batch, Layout, build_layout
-from ramen_jax.convert.checkpoints import ENCODER, EncoderWeights
 from ramen_jax.encode.inputs import EncodeError
 from ramen_jax.model import attention as attention_lib
-from ramen_jax.model import state as state_lib
+from ramen_jax.model import build as build_lib
+from ramen_jax.model.weights import ENCODER, EncoderWeights
 
 DATA_AXIS = "data"
 
@@ -58,7 +59,7 @@ class EncodedBatch:
 
 
 def _forward(graphdef, specs, blocks, side, params, batch_stats, batch):
-    encoder = state_lib.merge_model(graphdef, params, batch_stats)
+    encoder = build_lib.merge_model(graphdef, params, batch_stats)
     outputs = encoder.block_outputs(batch, specs, blocks)
     cls = jnp.stack([out[:, 0] for out in outputs], axis=1).astype(jnp.float32)
     maps = tuple(
@@ -77,10 +78,12 @@ class FrozenEncoder:
         self.mesh = jax.make_mesh(
             (len(devices),), (DATA_AXIS,), devices=devices, axis_types=(AxisType.Auto,)
         )
-        attention = attention_lib.resolve(attention_impl, attention_lib.platform_of(self.mesh))
-        self.config = dataclasses.replace(weights.config, attention_impl=attention, remat=False)
+        platform = attention_lib.platform_of(self.mesh)
+        self.config = dataclasses.replace(
+            weights.config, attention_impl=attention_impl, remat=False
+        ).for_platform(platform)
         self.source = weights.source
-        abstract = state_lib.abstract_model(self.config, dtype=dtype)
+        abstract = build_lib.abstract(self.config, dtype=dtype, platform=platform)
         self.graphdef = nnx.split(abstract.encoder, nnx.Param, nnx.BatchStat)[0]
         replicated = NamedSharding(self.mesh, PartitionSpec())
         self._batch_sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))

@@ -26,14 +26,13 @@ import jax
 
 from ramen_jax import cli, logs, sensors, storage
 from ramen_jax.batch import LayoutError
-from ramen_jax.convert.checkpoints import load_encoder_weights
-from ramen_jax.convert.model_io import ModelCheckpointError
 from ramen_jax.data import staging
 from ramen_jax.data.pipeline import BatchError
 from ramen_jax.data.sources import SourceConfigError
 from ramen_jax.encode import inputs
 from ramen_jax.encode.runner import FrozenEncoder
 from ramen_jax.evaluate import datasets, outputs, probes, reports
+from ramen_jax.model.weights import ModelCheckpointError, load_encoder_weights
 
 _USER_ERRORS = (
     inputs.EncodeError,

@@ -20,6 +20,7 @@ from flax import nnx
 
 from ramen_jax import sensors
 from ramen_jax.model import tokens as tok
+from ramen_jax.model.config import ModelConfig
 from ramen_jax.model.encodings import day_of_year_code, grid_position_code
 from ramen_jax.model.layers import Block, Dense, LayerNorm, run_blocks, run_per_token_in_chunks
 from ramen_jax.model.projectors import build_projectors, projection_matrix
@@ -32,29 +33,18 @@ TEMPORAL_CHUNK_TOKENS = 256
 
 
 class Decoder(nnx.Module):
-    def __init__(
-        self,
-        *,
-        kinds: Sequence[str],
-        embed_dim: int,
-        decoder_dim: int,
-        depth: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        block_norm_eps: float = 1e-6,
-        rngs: nnx.Rngs,
-        dtype=None,
-        param_dtype=jnp.float32,
-        attention_impl: str | None = None,
-        remat: bool = False,
-        scan_layers: bool = False,
-    ):
+    """The decoder of ``config`` (``decoder_dim``, ``decoder_depth``, ``decoder_heads``, the
+    encoder's ``embed_dim`` as input width, ``mlp_ratio``, ``block_norm_eps``,
+    ``attention_impl``, ``remat``, ``scan_layers``; projectors for ``kinds``)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32):
+        decoder_dim = config.decoder_dim
         self.decoder_dim = decoder_dim
         self.dtype = dtype
-        self.remat = remat
-        self.scan_layers = scan_layers
+        self.remat = config.remat
+        self.scan_layers = config.scan_layers
         self.decoder_embed = Dense(
-            embed_dim,
+            config.embed_dim,
             decoder_dim,
             rngs=rngs,
             axes=("embed", "dec_embed"),
@@ -64,28 +54,26 @@ class Decoder(nnx.Module):
         self.mask_token = nnx.Param(
             jnp.zeros((1, 1, decoder_dim), param_dtype), out_sharding=(None, None, "dec_embed")
         )
-        build_projectors(self, kinds, decoder_dim, rngs, param_dtype)
+        build_projectors(self, config.kinds, decoder_dim, rngs, param_dtype)
         self.resampler = ScaleResampler(
             decoder_dim, rngs=rngs, param_dtype=param_dtype, dtype=dtype
         )
 
         def block():
-            return Block(
+            return Block.of(
+                config,
                 decoder_dim,
-                num_heads,
-                mlp_ratio=mlp_ratio,
-                norm_eps=block_norm_eps,
+                config.decoder_heads,
                 rngs=rngs,
                 dtype=dtype,
                 param_dtype=param_dtype,
-                attention_impl=attention_impl,
             )
 
         self.temporal_block = block()
         self.temporal_norm = LayerNorm(
             decoder_dim, epsilon=1e-6, param_dtype=param_dtype, dtype=dtype
         )
-        self.blocks = nnx.List([block() for _ in range(depth)])
+        self.blocks = nnx.List([block() for _ in range(config.decoder_depth)])
         self.norm = LayerNorm(decoder_dim, epsilon=1e-6, param_dtype=param_dtype, dtype=dtype)
 
     def _dtype(self):

@@ -20,6 +20,7 @@ from flax import nnx
 
 from ramen_jax import sensors
 from ramen_jax.model import tokens as tok
+from ramen_jax.model.config import ModelConfig
 from ramen_jax.model.encodings import grid_position_code
 from ramen_jax.model.layers import Block, LayerNorm, param, run_blocks, trunc_normal_init
 from ramen_jax.model.ltae import LTAE
@@ -28,53 +29,40 @@ from ramen_jax.model.resampler import ScaleResampler
 
 
 class Encoder(nnx.Module):
-    def __init__(
-        self,
-        *,
-        kinds: Sequence[str],
-        embed_dim: int,
-        depth: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        block_norm_eps: float = 1e-6,
-        rngs: nnx.Rngs,
-        dtype=None,
-        param_dtype=jnp.float32,
-        attention_impl: str | None = None,
-        ltae_attention_dropout: float = 0.0,
-        remat: bool = False,
-        scan_layers: bool = False,
-    ):
+    """The encoder of ``config`` (``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``,
+    ``block_norm_eps``, ``ltae_attention_dropout``, ``attention_impl``, ``remat``,
+    ``scan_layers``; projectors for ``kinds``)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32):
+        embed_dim = config.embed_dim
         self.embed_dim = embed_dim
         self.dtype = dtype
-        self.remat = remat
-        self.scan_layers = scan_layers
+        self.remat = config.remat
+        self.scan_layers = config.scan_layers
         self.cls_token = param(
             rngs, trunc_normal_init(0.02), (1, 1, embed_dim), (None, None, "embed"), param_dtype
         )
-        build_projectors(self, kinds, embed_dim, rngs, param_dtype)
+        build_projectors(self, config.kinds, embed_dim, rngs, param_dtype)
         self.resampler = ScaleResampler(embed_dim, rngs=rngs, param_dtype=param_dtype, dtype=dtype)
         self.ltae = LTAE(
             embed_dim,
             rngs=rngs,
             param_dtype=param_dtype,
             dtype=dtype,
-            attention_dropout=ltae_attention_dropout,
+            attention_dropout=config.ltae_attention_dropout,
         )
         self.in_norm = LayerNorm(embed_dim, epsilon=1e-6, param_dtype=param_dtype, dtype=dtype)
         self.blocks = nnx.List(
             [
-                Block(
+                Block.of(
+                    config,
                     embed_dim,
-                    num_heads,
-                    mlp_ratio=mlp_ratio,
-                    norm_eps=block_norm_eps,
+                    config.num_heads,
                     rngs=rngs,
                     dtype=dtype,
                     param_dtype=param_dtype,
-                    attention_impl=attention_impl,
                 )
-                for _ in range(depth)
+                for _ in range(config.depth)
             ]
         )
         self.norm = LayerNorm(embed_dim, epsilon=1e-6, param_dtype=param_dtype, dtype=dtype)

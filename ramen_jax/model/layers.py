@@ -221,6 +221,20 @@ class Block(nnx.Module):
             features, int(features * mlp_ratio), rngs=rngs, dtype=dtype, param_dtype=param_dtype
         )
 
+    @classmethod
+    def of(cls, config, features: int, num_heads: int, *, rngs, dtype, param_dtype) -> Block:
+        """A block with ``config``'s (a ``ModelConfig``) MLP ratio, norm eps and attention."""
+        return cls(
+            features,
+            num_heads,
+            mlp_ratio=config.mlp_ratio,
+            norm_eps=config.block_norm_eps,
+            rngs=rngs,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            attention_impl=config.attention_impl,
+        )
+
     def __call__(self, x, key_mask=None):
         x = x + self.attn(self.norm1(x), key_mask)
         return x + self.mlp(self.norm2(x))

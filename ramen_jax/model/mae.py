@@ -9,7 +9,6 @@ encoder sees ``[cls, K kept slots]`` with ``K = int(L_bucket * (1 - ratio))``; s
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import jax
@@ -18,70 +17,19 @@ from flax import nnx
 
 from ramen_jax import sensors
 from ramen_jax.model import loss as loss_lib
+from ramen_jax.model.config import ModelConfig
 from ramen_jax.model.decoder import Decoder
 from ramen_jax.model.encoder import Encoder
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Architecture. ``kinds`` lists the modality kinds the projectors must cover."""
-
-    kinds: tuple = (sensors.OPTICAL,)
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    decoder_dim: int = 512
-    decoder_depth: int = 8
-    decoder_heads: int = 16
-    mask_ratio: float = 0.75
-    block_norm_eps: float = 1e-6
-    ltae_attention_dropout: float = 0.0
-    attention_impl: str | None = None
-    remat: bool = False
-    scan_layers: bool = False
-
-    def __post_init__(self):
-        kinds = tuple(sorted(set(self.kinds)))
-        unknown = [k for k in kinds if k not in sensors.KINDS]
-        if unknown:
-            raise ValueError(f"unknown modality kind(s) {unknown}; expected {sensors.KINDS}")
-        object.__setattr__(self, "kinds", kinds)
-
-
 class RamenMAE(nnx.Module):
+    """The masked autoencoder; build it with ``ramen_jax.model.build`` (attention resolved for
+    the devices, Flax's eager variable sharding off)."""
+
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32):
         self.config = config
-        self.encoder = Encoder(
-            kinds=config.kinds,
-            embed_dim=config.embed_dim,
-            depth=config.depth,
-            num_heads=config.num_heads,
-            mlp_ratio=config.mlp_ratio,
-            block_norm_eps=config.block_norm_eps,
-            rngs=rngs,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            attention_impl=config.attention_impl,
-            ltae_attention_dropout=config.ltae_attention_dropout,
-            remat=config.remat,
-            scan_layers=config.scan_layers,
-        )
-        self.decoder = Decoder(
-            kinds=config.kinds,
-            embed_dim=config.embed_dim,
-            decoder_dim=config.decoder_dim,
-            depth=config.decoder_depth,
-            num_heads=config.decoder_heads,
-            mlp_ratio=config.mlp_ratio,
-            block_norm_eps=config.block_norm_eps,
-            rngs=rngs,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            attention_impl=config.attention_impl,
-            remat=config.remat,
-            scan_layers=config.scan_layers,
-        )
+        self.encoder = Encoder(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.decoder = Decoder(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
     def kept_slots(self, length: int) -> int:
         return int(length * (1 - self.config.mask_ratio))
@@ -189,7 +137,3 @@ class RamenMAE(nnx.Module):
         per_sample = 0.5 * (cross_entropy(logits) + cross_entropy(logits.T))
         count = jnp.sum(valid)
         return jnp.where(count > 1, jnp.sum(per_sample * valid) / jnp.maximum(count, 1), 0.0)
-
-
-def make_model(config: ModelConfig, seed: int = 0, dtype=None, param_dtype=jnp.float32) -> RamenMAE:
-    return RamenMAE(config, rngs=nnx.Rngs(params=seed), dtype=dtype, param_dtype=param_dtype)

@@ -10,8 +10,8 @@ reports XLA's own count of everything next to it as a cross-check.
 from __future__ import annotations
 
 from ramen_jax.batch import Layout
+from ramen_jax.model.config import ModelConfig
 from ramen_jax.model.ltae import KEY_WIDTH
-from ramen_jax.model.mae import ModelConfig
 
 
 def _attention_block(tokens: int, width: int, mlp_ratio: float) -> int:

@@ -20,6 +20,7 @@ import numpy as np
 
 from ramen_jax.batch import HostBatch
 from ramen_jax.data import pipeline
+from ramen_jax.model import config as model_config_lib
 from ramen_jax.perf import data_location
 
 BenchError = data_location.MissingDataError  # the bench cannot run on what the config names
@@ -108,7 +109,7 @@ def measure(config, tallies: dict, batches: int, num_workers: int, progress) -> 
     step_batches = pipeline.StepBatches(
         datasets,
         seed=config.seed,
-        mask_ratio=config.model.get("mask_ratio", 0.75),
+        mask_ratio=model_config_lib.from_config(config.model, ()).mask_ratio,
         mixing=config.data.get("mixing", "weights"),
     )
     for dataset, share in zip(datasets, step_batches.plan.mixing.step_shares(), strict=True):

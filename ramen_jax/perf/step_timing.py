@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from ramen_jax.model import attention as attention_lib
-from ramen_jax.model import state as state_lib
+from ramen_jax.model import build as build_lib
 from ramen_jax.model.reference import original_order_recon
 from ramen_jax.perf import compiled as compiled_lib
 from ramen_jax.perf import flops as flops_lib
@@ -141,7 +141,7 @@ def compare_decoder_heads(trainer, d, host, batch, state, gsd, repeats: int) -> 
     noise = jax.random.uniform(jax.random.key(0), (1, batch.layout.length))
 
     def latent_of(params, stats):
-        model = state_lib.merge_model(graphdef, params, stats)
+        model = build_lib.merge_model(graphdef, params, stats)
         return model(batch, specs, noise, train=False)
 
     out = jax.jit(attention_lib.under_mesh(trainer.mesh, latent_of))(
@@ -149,7 +149,7 @@ def compare_decoder_heads(trainer, d, host, batch, state, gsd, repeats: int) -> 
     )
 
     def decode(params, stats, latent, ids_restore, original: bool):
-        model = state_lib.merge_model(graphdef, params, stats)
+        model = build_lib.merge_model(graphdef, params, stats)
         dec_tokens, recon = model.decoder(latent, ids_restore, batch, specs)
         if not original:
             return recon

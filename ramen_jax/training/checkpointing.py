@@ -43,6 +43,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from ramen_jax.model.weights import CHECKPOINTS_DIR, META_ITEM, STATE_ITEM
 from ramen_jax.training import array_digests, run_identity
 from ramen_jax.training.failures import RunError
 from ramen_jax.training.optimizer import TorchAdamWState
@@ -190,7 +191,7 @@ class Checkpointer:
         settings = validate_settings(settings)
         quiet_orbax_noise()
         self.directory = os.path.join(
-            os.path.abspath(workdir) if "://" not in workdir else workdir, "checkpoints"
+            os.path.abspath(workdir) if "://" not in workdir else workdir, CHECKPOINTS_DIR
         )
         self.every_steps = settings["every_steps"]
         self.async_save = settings.get("async_save", True)
@@ -198,7 +199,7 @@ class Checkpointer:
             max_to_keep=settings["keep"], enable_async_checkpointing=self.async_save, create=True
         )
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "meta")
+            self.directory, options=options, item_names=(STATE_ITEM, META_ITEM)
         )
         self.state_check = array_digests.StateCheck()
         self.newest_complete: int | None = self.manager.latest_step()
@@ -269,8 +270,10 @@ class Checkpointer:
             self.manager.save(
                 step,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(tree),
-                    meta=ocp.args.JsonSave({**meta, "digests": digests}),
+                    **{
+                        STATE_ITEM: ocp.args.StandardSave(tree),
+                        META_ITEM: ocp.args.JsonSave({**meta, "digests": digests}),
+                    }
                 ),
                 force=True,
             )
@@ -331,19 +334,21 @@ class Checkpointer:
         damaged: list[tuple[int, str]] = []
         identity_checked = False
         for step in steps:
-            restored, problem = self._agreed_read(step, meta=ocp.args.JsonRestore())
+            restored, problem = self._agreed_read(step, **{META_ITEM: ocp.args.JsonRestore()})
             if problem is None:
-                meta = dict(restored["meta"])
+                meta = dict(restored[META_ITEM])
                 if not identity_checked:
                     run_identity.check(meta, identity, f"{self.directory}/{step}")
                     identity_checked = True
-                restored, problem = self._agreed_read(step, state=ocp.args.StandardRestore(target))
+                restored, problem = self._agreed_read(
+                    step, **{STATE_ITEM: ocp.args.StandardRestore(target)}
+                )
             if problem is None:
-                problem = self._verify(restored["state"], meta)
+                problem = self._verify(restored[STATE_ITEM], meta)
             if problem is None:
                 self._set_aside(damaged, step, report)
                 self.newest_complete = step
-                return tree_to_state(restored["state"]), meta
+                return tree_to_state(restored[STATE_ITEM]), meta
             damaged.append((step, problem))
         if damaged:
             reasons = "; ".join(f"step {s}: {why}" for s, why in damaged[:3])
@@ -391,7 +396,7 @@ class BestCheckpoints:
             create=True,
         )
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "meta")
+            self.directory, options=options, item_names=(STATE_ITEM, META_ITEM)
         )
         self.state_check = array_digests.StateCheck()
 
@@ -412,8 +417,12 @@ class BestCheckpoints:
             self.manager.save(
                 step,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(tree),
-                    meta=ocp.args.JsonSave({**meta, "digests": digests, BEST_METRIC: val_loss}),
+                    **{
+                        STATE_ITEM: ocp.args.StandardSave(tree),
+                        META_ITEM: ocp.args.JsonSave(
+                            {**meta, "digests": digests, BEST_METRIC: val_loss}
+                        ),
+                    }
                 ),
                 metrics={BEST_METRIC: float(val_loss)},
                 force=True,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from ramen_jax import sensors
+from ramen_jax.model import config as model_config_lib
 from ramen_jax.training.failures import RunError
 
 
@@ -35,7 +36,13 @@ def _check(config, path: str, accept, rule: str, required: bool = True) -> None:
 
 
 def check_config(config) -> None:
-    """Raises ``ConfigError`` for the first field out of range (see module docstring)."""
+    """Raises ``ConfigError`` for the first field out of range (see module docstring), or for
+    a ``model`` key the model does not have (``ramen_jax.model.config.check_keys``)."""
+    try:
+        model_config_lib.check_keys(config.get("model", {}))
+        model_config_lib.compute_dtype(config.get("model", {}))
+    except model_config_lib.ModelConfigError as e:
+        raise ConfigError(str(e)) from None
     _check(config, "log_every_steps", lambda v: v >= 1 and v == int(v), "a whole number >= 1")
     _check(config, "total_steps", lambda v: v >= 0, ">= 0 (0: from epochs)", required=False)
     _check(config, "preview_every_steps", lambda v: v >= 0, ">= 0 (0: no previews)", False)

@@ -20,7 +20,7 @@ import optax
 
 from ramen_jax import sensors
 from ramen_jax.batch import Batch
-from ramen_jax.model import state as state_lib
+from ramen_jax.model import build as build_lib
 from ramen_jax.model.participation import participating
 
 
@@ -42,8 +42,8 @@ class StepOptions:
 
 
 def participation_tree(params, specs: Sequence[sensors.ModalitySpec], kept):
-    flags = participating(state_lib.flatten_dict(params).keys(), specs, kept)
-    return state_lib.unflatten_dict(flags)
+    flags = participating(build_lib.flatten_dict(params).keys(), specs, kept)
+    return build_lib.unflatten_dict(flags)
 
 
 def loss_and_grads(
@@ -63,7 +63,7 @@ def loss_and_grads(
     contrastive = options.contrastive_weight > 0
 
     def loss_fn(p):
-        model = state_lib.merge_model(graphdef, p, batch_stats)
+        model = build_lib.merge_model(graphdef, p, batch_stats)
         out = model(
             batch,
             specs,
@@ -76,7 +76,7 @@ def loss_and_grads(
         total = out["loss"]
         if contrastive:
             total = total + options.contrastive_weight * out["contrastive"]
-        return total, (out, state_lib.pure_batch_stats(model))
+        return total, (out, build_lib.pure_batch_stats(model))
 
     (_, (out, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return out, new_stats, grads

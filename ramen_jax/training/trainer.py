@@ -13,7 +13,6 @@ last good checkpoint is saved.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import re
 
@@ -26,9 +25,10 @@ from flax import nnx
 from ramen_jax import storage
 from ramen_jax.data import pipeline
 from ramen_jax.model import attention as attention_lib
+from ramen_jax.model import build as build_lib
+from ramen_jax.model import config as model_config_lib
 from ramen_jax.model import loss as loss_lib
-from ramen_jax.model import state as state_lib
-from ramen_jax.model.mae import ModelConfig, RamenMAE
+from ramen_jax.model import weights
 from ramen_jax.training import (
     checkpointing,
     compile_stats,
@@ -47,18 +47,6 @@ from ramen_jax.training import step as step_lib
 from ramen_jax.training.failures import Preempted, RunError
 from ramen_jax.training.optimizer import TorchAdamWState, learning_rate_schedule, torch_adamw
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
-
-
-def model_config_from(config, datasets, platform: str) -> ModelConfig:
-    """The model of ``config``; ``model.attention_impl=""`` becomes the default attention of
-    ``platform``, the devices' platform (``ramen_jax.model.attention.default_attention``)."""
-    kinds = sorted({spec.kind for d in datasets for spec in d.specs})
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    values = {k: v for k, v in config.model.items() if k in fields}
-    values["attention_impl"] = attention_lib.resolve(values.get("attention_impl"), platform)
-    return ModelConfig(kinds=tuple(kinds), **values)
-
 
 def trainable_mask(params, optim_config):
     """True for parameters the optimiser may change (``optim.trainable`` / ``optim.frozen``
@@ -71,11 +59,11 @@ def trainable_mask(params, optim_config):
         ok = not keep or any(p.fullmatch(name) for p in keep)
         return ok and not any(p.fullmatch(name) for p in frozen)
 
-    flat = state_lib.flatten_dict(params)
+    flat = build_lib.flatten_dict(params)
     mask = {path: flag(path) for path in flat}
     if not any(mask.values()):
         raise ValueError("optim.trainable / optim.frozen leave no trainable parameter")
-    return state_lib.unflatten_dict(mask)
+    return build_lib.unflatten_dict(mask)
 
 
 def _state_shardings(param_sh, stats_sh, mesh) -> step_lib.TrainState:
@@ -89,12 +77,10 @@ def _state_shardings(param_sh, stats_sh, mesh) -> step_lib.TrainState:
 def load_init_from(directory: str, state: step_lib.TrainState, reporter) -> step_lib.TrainState:
     """Overwrites parameters (and BatchNorm stats) with those of a converted model checkpoint;
     parameters the checkpoint lacks (e.g. a new sensor's projector) keep their fresh init."""
-    from ramen_jax.convert import model_io
-
-    _, params, stats, _ = model_io.load_model(directory)
+    _, params, stats, _ = weights.load_model(directory)
 
     def merge(current, loaded, what):
-        cur, new = state_lib.flatten_dict(current), state_lib.flatten_dict(loaded)
+        cur, new = build_lib.flatten_dict(current), build_lib.flatten_dict(loaded)
         bad = [
             f"{'/'.join(map(str, p))}: {np.shape(v)} vs {cur[p].shape}"
             for p, v in new.items()
@@ -110,11 +96,11 @@ def load_init_from(directory: str, state: step_lib.TrainState, reporter) -> step
         }
         fresh = [p for p in cur if p not in new]
         ignored = [p for p in new if p not in cur]
-        return state_lib.unflatten_dict(merged), fresh, ignored
+        return build_lib.unflatten_dict(merged), fresh, ignored
 
     params, fresh, ignored = merge(state.params, params, "parameters")
     stats, _, _ = merge(state.batch_stats, stats, "batch statistics")
-    loaded = len(state_lib.flatten_dict(params)) - len(fresh)
+    loaded = len(build_lib.flatten_dict(params)) - len(fresh)
     reporter.message(
         f"init_from {directory}: loaded {loaded} parameter arrays; freshly "
         f"initialised: {len(fresh)}; ignored (not in this model): {len(ignored)}"
@@ -136,13 +122,13 @@ class Trainer:
             config.data, sharding.batch_shards(self.mesh, self.rules)
         )
         self.specs = {d.name: tuple(d.specs) for d in self.datasets}
-        self.model_config = model_config_from(
-            config, self.datasets, platform or attention_lib.platform_of(self.mesh)
+        self.model_config = model_config_lib.from_config(
+            config.model,
+            {spec.kind for d in self.datasets for spec in d.specs},
+            platform or attention_lib.platform_of(self.mesh),
         )
-        self.dtype = DTYPES[config.model.get("dtype", "float32")]
-        abstract = nnx.eval_shape(
-            lambda: RamenMAE(self.model_config, rngs=nnx.Rngs(0), dtype=self.dtype)
-        )
+        self.dtype = model_config_lib.compute_dtype(config.model)
+        abstract = build_lib.abstract(self.model_config, dtype=self.dtype)
         self.graphdef = nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
         param_sh, stats_sh = sharding.state_shardings(abstract, self.rules, self.mesh)
         run_length.resolve(config, self.datasets)  # lengths left at 0: from the data sizes
@@ -178,10 +164,8 @@ class Trainer:
         if self._init is None:
 
             def init():
-                model = RamenMAE(
-                    self.model_config, rngs=nnx.Rngs(params=self.config.seed), dtype=self.dtype
-                )
-                _, params, stats = state_lib.split_model(model)
+                model = build_lib.build(self.model_config, seed=self.config.seed, dtype=self.dtype)
+                _, params, stats = build_lib.split_model(model)
                 return step_lib.TrainState(
                     jnp.zeros((), jnp.int32), params, stats, self.optimizer.init(params)
                 )
@@ -216,7 +200,7 @@ class Trainer:
             specs = self.specs[dataset]
 
             def run(state, batch):
-                model = state_lib.merge_model(self.graphdef, state.params, state.batch_stats)
+                model = build_lib.merge_model(self.graphdef, state.params, state.batch_stats)
                 noise_key, _ = step_lib.step_keys(self.options.seed, state.step - 1)
                 layout, batch_size = batch.layout, batch.batch_size
                 noise = jax.random.uniform(noise_key, (batch_size, layout.length))

@@ -26,7 +26,7 @@ import numpy as np
 
 from ramen_jax.data import pipeline
 from ramen_jax.data.sources import make_source
-from ramen_jax.model import state as state_lib
+from ramen_jax.model import build as build_lib
 from ramen_jax.training import reporting, sharding
 
 
@@ -94,7 +94,7 @@ class Validator:
             seed = self.seed
 
             def run(state, batch, index):
-                model = state_lib.merge_model(graphdef, state.params, state.batch_stats)
+                model = build_lib.merge_model(graphdef, state.params, state.batch_stats)
                 key = jax.random.fold_in(jax.random.key(seed), index)
                 noise = jax.random.uniform(key, (batch.batch_size, batch.layout.length))
                 out = model(batch, specs, noise, train=False)

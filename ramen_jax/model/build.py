@@ -1,31 +1,55 @@
-"""Building models and moving their state in and out as flat ``{path: array}`` dicts."""
+"""The one way to make a RAMEN model, and moving its state in and out as flat
+``{path: array}`` dicts or plain nested dicts.
+
+``build`` / ``abstract`` (shapes only) resolve ``attention_impl`` ``""`` for the platform the
+model will run on (``ModelConfig.for_platform``; default: JAX's default backend) and create
+the variables with Flax's eager sharding off: parameters carry their logical axis names as
+metadata only, and callers place them explicitly (training: ``jax.eval_shape`` -> shardings ->
+``jit(init, out_shardings=...)``; encode: replicated). Eager sharding would need a mesh at
+construction time.
+"""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ramen_jax.model.mae import ModelConfig, RamenMAE
+from ramen_jax.model.config import ModelConfig
+from ramen_jax.model.mae import RamenMAE
 
 
-def build_model(
-    config: ModelConfig, seed: int = 0, dtype=None, param_dtype=jnp.float32
+def _construct(config: ModelConfig, seed: int, dtype, param_dtype, platform) -> RamenMAE:
+    config = config.for_platform(platform or jax.default_backend())
+    with nnx.use_eager_sharding(False):
+        return RamenMAE(config, rngs=nnx.Rngs(params=seed), dtype=dtype, param_dtype=param_dtype)
+
+
+def build(
+    config: ModelConfig,
+    *,
+    seed: int = 0,
+    dtype=None,
+    param_dtype=jnp.float32,
+    platform: str | None = None,
 ) -> RamenMAE:
-    """A model with freshly initialised parameters (unsharded; see training for sharded)."""
-    return RamenMAE(config, rngs=nnx.Rngs(params=seed), dtype=dtype, param_dtype=param_dtype)
+    """A model with freshly initialised parameters (from ``seed``), unsharded; inside
+    ``jax.jit(..., out_shardings=...)`` the parameters are created sharded (training).
+    ``dtype``: the compute dtype (None: the parameters')."""
+    return _construct(config, seed, dtype, param_dtype, platform)
 
 
-def abstract_model(config: ModelConfig, dtype=None, param_dtype=jnp.float32) -> RamenMAE:
-    """Shapes only, no memory: ``nnx.eval_shape`` of ``build_model``."""
-    return nnx.eval_shape(
-        lambda: RamenMAE(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype)
-    )
+def abstract(
+    config: ModelConfig, *, dtype=None, param_dtype=jnp.float32, platform: str | None = None
+) -> RamenMAE:
+    """Shapes only, no memory: ``nnx.eval_shape`` of ``build``."""
+    return nnx.eval_shape(lambda: _construct(config, 0, dtype, param_dtype, platform))
 
 
 def model_from_flat(config: ModelConfig, flat: dict, dtype=jnp.float32) -> RamenMAE:
     """A model whose state is ``flat`` (``{path: array}``), without initialising parameters."""
-    model = abstract_model(config, param_dtype=dtype)
+    model = abstract(config, param_dtype=dtype)
     load_flat_state(model, flat, dtype)
     return model
 

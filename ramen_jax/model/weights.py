@@ -1,18 +1,26 @@
-"""The ramen_jax model checkpoint: a directory that ``train --config.init_from`` and
-``encode --checkpoint`` load.
+"""The model's own weights on disk: our model directory, and the weights inside a training
+workdir's checkpoints.
 
-Layout::
+A **model directory** is what ``train --config.init_from``, ``encode --checkpoint`` and
+``evaluate`` load and what ``python -m ramen_jax.convert from-torch`` writes::
 
     DIR/model_config.json   ModelConfig fields + "has_decoder"
     DIR/state/              Orbax PyTree checkpoint of {"params": ..., "batch_stats": ...}
 
-The two trees are the plain nested dicts of ``state.split_model`` (an encoder-only checkpoint,
+The two trees are the plain nested dicts of ``build.split_model`` (an encoder-only checkpoint,
 e.g. from the released PyTorch weights, holds only their ``encoder`` subtrees). Arrays are
 written as host NumPy arrays and restored as NumPy arrays whatever the writer's or the
 reader's device count; callers place them on devices themselves. Orbax stores dict keys as
 strings, so the block indices (int keys) are restored by walking the tree the config implies,
 which also checks every key, shape and dtype. ``DIR`` may be a URL (``gs://...``): paths are
 ``etils.epath`` paths, as Orbax's own.
+
+A **training workdir** of ``python -m ramen_jax.train`` holds ``WORKDIR/checkpoints/<step>/``
+with the Orbax items ``state`` and ``meta`` (the names are defined here, once;
+``ramen_jax.training.checkpointing`` writes them). ``load_encoder_weights`` /
+``load_model_weights`` read either kind: from a workdir, the latest step or ``step=``, only the
+parameters and BatchNorm statistics (an Orbax partial restore: never the optimiser moments,
+and only the encoder's for encoding), with the model config of ``meta["model_config"]``.
 """
 
 from __future__ import annotations
@@ -28,11 +36,15 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from ramen_jax import storage
-from ramen_jax.model import state as state_lib
-from ramen_jax.model.mae import ModelConfig
+from ramen_jax.model import build as build_lib
+from ramen_jax.model.config import ModelConfig
 
 CONFIG_FILE = "model_config.json"
 STATE_DIR = "state"
+# A training workdir's checkpoints: WORKDIR/CHECKPOINTS_DIR/<step>/{STATE_ITEM, META_ITEM}
+CHECKPOINTS_DIR = "checkpoints"
+STATE_ITEM, META_ITEM = "state", "meta"
+ENCODER = "encoder"
 _COLLECTIONS = ("params", "batch_stats")
 
 
@@ -65,7 +77,7 @@ def config_from_dict(data: dict, what: str = CONFIG_FILE) -> tuple[ModelConfig, 
 
 @functools.lru_cache(maxsize=8)
 def _abstract_trees(config: ModelConfig) -> tuple[dict, dict]:
-    _, params, batch_stats = state_lib.split_model(state_lib.abstract_model(config))
+    _, params, batch_stats = build_lib.split_model(build_lib.abstract(config))
     return params, batch_stats
 
 
@@ -150,7 +162,7 @@ def save_model(
 ) -> epath.Path:
     """Writes a model checkpoint directory; returns its path.
 
-    ``params`` / ``batch_stats`` are the nested dicts of ``state.split_model`` (only their
+    ``params`` / ``batch_stats`` are the nested dicts of ``build.split_model`` (only their
     ``encoder`` subtrees when ``has_decoder`` is False). Arrays are fetched to the host first.
     An existing checkpoint in ``directory`` is replaced only with ``overwrite``.
     """
@@ -202,7 +214,7 @@ def load_model(directory) -> tuple[ModelConfig, dict, dict, bool]:
     """``(config, params, batch_stats, has_decoder)`` from a model checkpoint directory.
 
     Arrays come back as host NumPy arrays in the saved dtypes, with the key structure of
-    ``state.split_model`` (int block indices); any missing, extra or mis-shaped entry raises
+    ``build.split_model`` (int block indices); any missing, extra or mis-shaped entry raises
     ``ModelCheckpointError``.
     """
     directory = storage.absolute(directory)
@@ -223,22 +235,134 @@ def load_model(directory) -> tuple[ModelConfig, dict, dict, bool]:
 
 def flat_from_trees(params: dict, batch_stats: dict) -> dict:
     """One flat ``{path: array}`` state (what ``mapping.to_torch`` takes)."""
-    flat = state_lib.flatten_dict(params)
-    flat.update(state_lib.flatten_dict(batch_stats))
+    flat = build_lib.flatten_dict(params)
+    flat.update(build_lib.flatten_dict(batch_stats))
     return flat
 
 
-def model_from_checkpoint(directory, dtype=None):
-    """``(RamenMAE, has_decoder)`` holding the checkpoint's state (for encoding).
+@dataclasses.dataclass(frozen=True)
+class EncoderWeights:
+    """What encoding needs: the architecture and the encoder's state (host NumPy trees)."""
 
-    An encoder-only checkpoint gets an all-zero decoder: enough for ``model.encoder``, useless
-    for reconstructions. Training from such a checkpoint initialises its own decoder instead
-    (``load_model`` and merge).
-    """
-    config, params, batch_stats, has_decoder = load_model(directory)
-    flat = flat_from_trees(params, batch_stats)
-    if not has_decoder:
-        for path, leaf in flat_from_trees(*_abstract_trees(config)).items():
-            if path[0] == "decoder":
-                flat[path] = np.zeros(leaf.shape, leaf.dtype)
-    return state_lib.model_from_flat(config, flat, dtype or np.float32), has_decoder
+    config: ModelConfig
+    params: dict
+    batch_stats: dict
+    source: str  # human-readable origin, for logs and output metadata
+
+
+def _from_model_directory(directory: epath.Path) -> EncoderWeights:
+    config, params, batch_stats, _ = load_model(directory)
+    return EncoderWeights(
+        config,
+        {ENCODER: params[ENCODER]},
+        {ENCODER: batch_stats.get(ENCODER, {})},
+        f"model directory {directory}",
+    )
+
+
+def _training_step(manager: ocp.CheckpointManager, workdir, step: int | None) -> int:
+    steps = sorted(manager.all_steps())
+    if not steps:
+        raise ModelCheckpointError(f"training workdir {workdir} holds no checkpoint yet")
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise ModelCheckpointError(
+            f"training workdir {workdir} has no checkpoint of step {step} (steps: {steps})"
+        )
+    return step
+
+
+def _restore_model_state(path: epath.Path, encoder_only: bool = True) -> tuple[dict, dict]:
+    """Partial restore of ``params`` and ``batch_stats`` (only their ``encoder`` subtrees with
+    ``encoder_only``; never the optimiser moments) as NumPy arrays."""
+    checkpointer = ocp.PyTreeCheckpointer()
+    try:
+        stored = checkpointer.metadata(path).item_metadata.tree
+        wanted = {
+            collection: {
+                part: tree
+                for part, tree in stored[collection].items()
+                if part == ENCODER or not encoder_only
+            }
+            for collection in ("params", "batch_stats")
+            if ENCODER in stored.get(collection, {})
+        }
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+        restored = checkpointer.restore(
+            path,
+            args=ocp.args.PyTreeRestore(
+                item=wanted, restore_args=restore_args, partial_restore=True
+            ),
+        )
+    except Exception as e:  # Orbax/TensorStore raise many types for unreadable files
+        raise ModelCheckpointError(f"cannot read the Orbax checkpoint {path}: {e}") from e
+    if "params" not in restored:
+        raise ModelCheckpointError(f"{path}: no params/encoder in the training state")
+    return restored["params"], restored.get("batch_stats", {ENCODER: {}})
+
+
+def _training_checkpoint(workdir: epath.Path, step: int | None) -> tuple[ModelConfig, int]:
+    """The model config and step of a training workdir's checkpoint (latest by default)."""
+    manager = ocp.CheckpointManager(workdir / CHECKPOINTS_DIR, item_names=(STATE_ITEM, META_ITEM))
+    try:
+        step = _training_step(manager, workdir, step)
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+            META_ITEM
+        ]
+    finally:
+        manager.close()
+    if "model_config" not in meta:
+        raise ModelCheckpointError(f"{workdir} step {step}: meta has no model_config")
+    config, _ = config_from_dict(meta["model_config"], f"{workdir} step {step} meta")
+    return config, step
+
+
+def _from_training_workdir(
+    workdir: epath.Path, step: int | None, encoder_only: bool = True
+) -> tuple[EncoderWeights, bool]:
+    config, step = _training_checkpoint(workdir, step)
+    params, batch_stats = _restore_model_state(
+        workdir / CHECKPOINTS_DIR / str(step) / STATE_ITEM, encoder_only
+    )
+    has_decoder = not encoder_only and "decoder" in params
+    expected_params, expected_stats = expected_trees(config, has_decoder=has_decoder)
+    params = rekey(params, expected_params)
+    batch_stats = rekey(batch_stats, expected_stats)
+    what = f"{workdir} step {step}"
+    check_trees(params, batch_stats, config, has_decoder, what)
+    return EncoderWeights(config, params, batch_stats, f"training workdir {what}"), has_decoder
+
+
+def load_encoder_weights(path, step: int | None = None) -> EncoderWeights:
+    """Encoder weights from a model directory or a training workdir (see module docstring)."""
+    path = storage.absolute(path)
+    if not path.exists():
+        raise ModelCheckpointError(f"checkpoint {path} does not exist")
+    if (path / CONFIG_FILE).is_file():
+        if step is not None:
+            raise ModelCheckpointError(
+                f"{path} is a model directory (one state): a step applies to training workdirs"
+            )
+        return _from_model_directory(path)
+    if (path / CHECKPOINTS_DIR).is_dir():
+        return _from_training_workdir(path, step)[0]
+    raise ModelCheckpointError(
+        f"{path} is neither a model directory (no {CONFIG_FILE}) nor a training "
+        f"workdir (no {CHECKPOINTS_DIR}/)"
+    )
+
+
+def load_model_weights(path, step: int | None = None) -> tuple[ModelConfig, dict, dict, bool]:
+    """The whole model (encoder, and decoder where stored) from a model directory or a training
+    workdir, as ``load_model`` returns it: ``(config, params, batch_stats,
+    has_decoder)``. ``python -m ramen_jax.convert to-torch`` reads its source with this."""
+    path = storage.absolute(path)
+    if (path / CHECKPOINTS_DIR).is_dir() and not (path / CONFIG_FILE).is_file():
+        weights, has_decoder = _from_training_workdir(path, step, encoder_only=False)
+        return weights.config, weights.params, weights.batch_stats, has_decoder
+    if step is not None:
+        raise ModelCheckpointError(
+            f"{path} is not a training workdir: a step applies to training workdirs"
+        )
+    return load_model(path)
