@@ -18,7 +18,8 @@ from ramen_jax.model import weights as model_weights
 from ramen_jax.model.projectors import projection_matrix
 from ramen_jax.training import reporting, sharding
 from ramen_jax.training import step as step_lib
-from ramen_jax.training.trainer import Trainer, load_init_from
+from ramen_jax.training.loop import load_init_from
+from ramen_jax.training.trainer import Trainer
 
 
 def tiny_config(**optim):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from ramen_jax.batch import Layout
 from ramen_jax.model import tokens as tok
 
 TARGET_EPS = 1e-6
@@ -28,9 +29,12 @@ def normalised_target(pixels, xp=jnp):
     return (x - mean) / xp.sqrt(var + TARGET_EPS)
 
 
-def pixel_weights(token_mask, grid_index, nearest, time_valid, side):
-    """Hidden-token mask ``[B, L]`` -> native weights ``[B, T, H, H]``; ``nearest`` ``[H]``."""
-    grid = tok.tokens_to_grid(token_mask, grid_index, side)  # [B, S, S]
+def pixel_weights(token_mask, layout: Layout, name: str, time_valid):
+    """Hidden-token mask ``[B, L]`` -> modality ``name``'s native weights ``[B, T, H, H]``
+    (the layout's grid of tokens, upsampled by its nearest-neighbour index), times
+    ``time_valid`` ``[B, T]``. The loss and the training previews both use it."""
+    grid = tok.tokens_to_grid(token_mask, layout.grid_token[name], layout.grid_pad)  # [B, S, S]
+    nearest = layout.mask_index[name]
     native = jnp.take(jnp.take(grid, nearest, axis=1), nearest, axis=2)
     return native[:, None] * time_valid[:, :, None, None].astype(native.dtype)
 

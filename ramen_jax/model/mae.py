@@ -84,16 +84,9 @@ class RamenMAE(nnx.Module):
         dec_tokens, recon = self.decoder(latent, ids_restore, batch, specs, overrides=overrides)
         mask = (ids_restore >= layout.num_keep).astype(jnp.float32)
 
-        side = layout.grid_pad
         losses = {}
         for m, spec in enumerate(specs):
-            weights = loss_lib.pixel_weights(
-                mask,
-                layout.grid_token[spec.name],
-                layout.mask_index[spec.name],
-                batch.time_valid[spec.name],
-                side,
-            )
+            weights = loss_lib.pixel_weights(mask, layout, spec.name, batch.time_valid[spec.name])
             value = loss_lib.modality_loss(recon[spec.name], batch.pixels[spec.name], weights)
             value = jnp.where(layout.kept[m], value, 0.0)
             losses[spec.name] = value

@@ -11,9 +11,12 @@ closures; everything it opened is closed when it returns or fails.
 from __future__ import annotations
 
 import jax
+import numpy as np
 from absl import logging
 
 from ramen_jax.data import pipeline
+from ramen_jax.model import build as build_lib
+from ramen_jax.model import weights
 from ramen_jax.training import (
     checkpointing,
     compile_stats,
@@ -25,6 +28,7 @@ from ramen_jax.training import (
     validation,
 )
 from ramen_jax.training.failures import PREEMPTED_EXIT_CODE, Preempted
+from ramen_jax.training.step import TrainState
 
 
 def describe_step(host_batch) -> str:
@@ -32,6 +36,40 @@ def describe_step(host_batch) -> str:
     batch = host_batch.batch
     rows = batch.batch_size
     return f"{host_batch.dataset} ({batch.layout.length} token slots, {rows} local rows)"
+
+
+def load_init_from(directory: str, state: TrainState, reporter) -> TrainState:
+    """Overwrites parameters (and BatchNorm stats) with those of a converted model checkpoint;
+    parameters the checkpoint lacks (e.g. a new sensor's projector) keep their fresh init."""
+    _, params, stats, _ = weights.load_model(directory)
+
+    def merge(current, loaded, what):
+        cur, new = build_lib.flatten_dict(current), build_lib.flatten_dict(loaded)
+        bad = [
+            f"{'/'.join(map(str, p))}: {np.shape(v)} vs {cur[p].shape}"
+            for p, v in new.items()
+            if p in cur and tuple(np.shape(v)) != cur[p].shape
+        ]
+        if bad:
+            raise ValueError(f"init_from {directory}: mis-shaped {what}: {bad}")
+        merged = {
+            p: (
+                jax.device_put(np.asarray(new[p], cur[p].dtype), cur[p].sharding) if p in new else v
+            )
+            for p, v in cur.items()
+        }
+        fresh = [p for p in cur if p not in new]
+        ignored = [p for p in new if p not in cur]
+        return build_lib.unflatten_dict(merged), fresh, ignored
+
+    params, fresh, ignored = merge(state.params, params, "parameters")
+    stats, _, _ = merge(state.batch_stats, stats, "batch statistics")
+    loaded = len(build_lib.flatten_dict(params)) - len(fresh)
+    reporter.message(
+        f"init_from {directory}: loaded {loaded} parameter arrays; freshly "
+        f"initialised: {len(fresh)}; ignored (not in this model): {len(ignored)}"
+    )
+    return state._replace(params=params, batch_stats=stats)
 
 
 class TrainingRun:
@@ -87,8 +125,6 @@ class TrainingRun:
         else:
             self.state = trainer.init_state()
             if config.init_from:
-                from ramen_jax.training.trainer import load_init_from
-
                 self.state = load_init_from(config.init_from, self.state, self.reporter)
         if jax.process_index() == 0:
             run_identity.write_record(trainer.workdir, self.config_json, self.identity)

@@ -88,6 +88,13 @@ def step_keys(seed: int, step):
     return jax.random.split(key)
 
 
+def masking_noise(seed: int, step, batch: Batch):
+    """The uniform ``[B, L]`` masking noise of ``step`` (the training step's and the preview's
+    of the state after it, ``step - 1``)."""
+    noise_key, _ = step_keys(seed, step)
+    return jax.random.uniform(noise_key, (batch.batch_size, batch.layout.length))
+
+
 def _micro_batches(batch: Batch, noise, count: int):
     """``count`` micro-batches stacked on a leading axis, for a scan; the layout, shared by
     all, is left out of them (None) and put back in the scan's body."""
@@ -181,9 +188,9 @@ def train_step(
     Returns ``(new_state, metrics)``: the total and per-modality losses, the contrastive term if
     enabled, the pre-clip gradient norm and the learning rate of the step.
     """
-    noise_key, dropout_key = step_keys(options.seed, state.step)
+    _, dropout_key = step_keys(options.seed, state.step)
     if noise is None:
-        noise = jax.random.uniform(noise_key, (batch.batch_size, batch.layout.length))
+        noise = masking_noise(options.seed, state.step, batch)
     metrics, new_stats, grads = accumulated_grads(
         graphdef, state, batch, specs, noise, dropout_key, options, overrides
     )

@@ -28,7 +28,6 @@ from ramen_jax.model import attention as attention_lib
 from ramen_jax.model import build as build_lib
 from ramen_jax.model import config as model_config_lib
 from ramen_jax.model import loss as loss_lib
-from ramen_jax.model import weights
 from ramen_jax.training import (
     checkpointing,
     compile_stats,
@@ -72,40 +71,6 @@ def _state_shardings(param_sh, stats_sh, mesh) -> step_lib.TrainState:
         step=rep, count=jax.tree.map(lambda _: rep, param_sh), mu=param_sh, nu=param_sh
     )
     return step_lib.TrainState(rep, param_sh, stats_sh, opt)
-
-
-def load_init_from(directory: str, state: step_lib.TrainState, reporter) -> step_lib.TrainState:
-    """Overwrites parameters (and BatchNorm stats) with those of a converted model checkpoint;
-    parameters the checkpoint lacks (e.g. a new sensor's projector) keep their fresh init."""
-    _, params, stats, _ = weights.load_model(directory)
-
-    def merge(current, loaded, what):
-        cur, new = build_lib.flatten_dict(current), build_lib.flatten_dict(loaded)
-        bad = [
-            f"{'/'.join(map(str, p))}: {np.shape(v)} vs {cur[p].shape}"
-            for p, v in new.items()
-            if p in cur and tuple(np.shape(v)) != cur[p].shape
-        ]
-        if bad:
-            raise ValueError(f"init_from {directory}: mis-shaped {what}: {bad}")
-        merged = {
-            p: (
-                jax.device_put(np.asarray(new[p], cur[p].dtype), cur[p].sharding) if p in new else v
-            )
-            for p, v in cur.items()
-        }
-        fresh = [p for p in cur if p not in new]
-        ignored = [p for p in new if p not in cur]
-        return build_lib.unflatten_dict(merged), fresh, ignored
-
-    params, fresh, ignored = merge(state.params, params, "parameters")
-    stats, _, _ = merge(state.batch_stats, stats, "batch statistics")
-    loaded = len(build_lib.flatten_dict(params)) - len(fresh)
-    reporter.message(
-        f"init_from {directory}: loaded {loaded} parameter arrays; freshly "
-        f"initialised: {len(fresh)}; ignored (not in this model): {len(ignored)}"
-    )
-    return state._replace(params=params, batch_stats=stats)
 
 
 class Trainer:
@@ -201,18 +166,11 @@ class Trainer:
 
             def run(state, batch):
                 model = build_lib.merge_model(self.graphdef, state.params, state.batch_stats)
-                noise_key, _ = step_lib.step_keys(self.options.seed, state.step - 1)
-                layout, batch_size = batch.layout, batch.batch_size
-                noise = jax.random.uniform(noise_key, (batch_size, layout.length))
+                noise = step_lib.masking_noise(self.options.seed, state.step - 1, batch)
                 out = model(batch, specs, noise, train=False)
+                first, every_date = out["mask"][:1], jnp.ones((1, 1), bool)  # first sample
                 hidden = {
-                    s.name: loss_lib.pixel_weights(
-                        out["mask"],
-                        layout.grid_token[s.name],
-                        layout.mask_index[s.name],
-                        jnp.ones((batch_size, 1), bool),
-                        layout.grid_pad,
-                    )[0, 0]
+                    s.name: loss_lib.pixel_weights(first, batch.layout, s.name, every_date)[0, 0]
                     for s in specs
                 }
                 return {k: v[0] for k, v in out["recon"].items()}, hidden
