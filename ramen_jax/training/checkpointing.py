@@ -129,6 +129,19 @@ def abstract_tree(state_abstract: TrainState, shardings: TrainState) -> dict:
 _OS_ERROR = re.compile(r"OS error \d+: [^\]\n]+|\[Errno \d+\] [^\n'\"]+")
 
 
+def finite_tree(state_check, step: int, state: TrainState, where: str) -> tuple[dict, dict]:
+    """The tree to save and its digests; ``NonFiniteState`` (naming the arrays) if any value
+    is NaN/inf, so a diverged state is never written ``where``."""
+    tree = state_to_tree(state)
+    non_finite, digests = state_check.check(tree)
+    if non_finite:
+        raise NonFiniteState(
+            f"the state after step {step} has non-finite values in "
+            f"{array_digests.describe(non_finite)}; it was not saved {where}"
+        )
+    return tree, digests
+
+
 def one_line(error: BaseException, limit: int = 320) -> str:
     """An exception as one short line (Orbax and TensorStore messages run to pages), keeping
     the operating system's reason when the shortening would cut it out."""
@@ -258,13 +271,7 @@ class Checkpointer:
 
     def save(self, step: int, state: TrainState, meta: dict, *, wait: bool = False) -> None:
         self._settle()
-        tree = state_to_tree(state)
-        non_finite, digests = self.state_check.check(tree)
-        if non_finite:
-            raise NonFiniteState(
-                f"the state after step {step} has non-finite values in "
-                f"{array_digests.describe(non_finite)}; it was not saved ({self._newest()})"
-            )
+        tree, digests = finite_tree(self.state_check, step, state, f"({self._newest()})")
         error = None
         try:
             self.manager.save(
@@ -405,13 +412,7 @@ class BestCheckpoints:
             # a run stopped after this validation, before its next regular checkpoint, and
             # resumed from an earlier one: the replayed steps reproduce the saved state exactly
             return
-        tree = state_to_tree(state)
-        non_finite, digests = self.state_check.check(tree)
-        if non_finite:
-            raise NonFiniteState(
-                f"the state after step {step} has non-finite values in "
-                f"{array_digests.describe(non_finite)}; it was not saved to {self.directory}"
-            )
+        tree, digests = finite_tree(self.state_check, step, state, f"to {self.directory}")
         error = None
         try:
             self.manager.save(
