@@ -25,9 +25,7 @@ the original's experiment config; its shipped SLURM launcher passes ``max_epochs
 
 import ml_collections
 
-S2_L2A_10 = [490, 560, 665, 705, 740, 783, 842, 865, 1610, 2190]
-S2_13 = [443, 490, 560, 665, 705, 740, 783, 842, 865, 945, 1370, 1610, 2190]
-S2_12 = [443, 490, 560, 665, 705, 740, 783, 842, 865, 945, 1610, 2190]
+from ramen_jax.data import catalog
 
 
 def modality(kind, channels, gsd, side, time_series=False, max_time_steps=0, temporal_dropout=0.0):
@@ -48,6 +46,27 @@ def modality(kind, channels, gsd, side, time_series=False, max_time_steps=0, tem
     )
 
 
+def catalog_modalities(modalities, temporal_dropout=None, sides=None):
+    """Modality entries of ``ramen_jax.data.catalog``'s ``modalities`` (a dataset's name, or a
+    tuple of them), with no cap on time steps, ``temporal_dropout`` ({modality: share}, default
+    none) and the catalog's sides unless ``sides`` ({modality: side}) says otherwise."""
+    if isinstance(modalities, str):
+        modalities = catalog.modalities_of(modalities)
+    temporal_dropout, sides = temporal_dropout or {}, sides or {}
+    return {
+        m.name: modality(
+            m.kind,
+            m.channels,
+            m.gsd,
+            sides.get(m.name, m.side),
+            m.time_series,
+            0,
+            temporal_dropout.get(m.name, 0.0),
+        )
+        for m in modalities
+    }
+
+
 def paper_datasets():
     d = ml_collections.ConfigDict()
     d.flairhub = ml_collections.ConfigDict(
@@ -61,12 +80,7 @@ def paper_datasets():
             "weight": 1.0,
             "per_device_batch": 4,
             "effective_gsds": [float(g) for g in range(3, 21)],
-            "modalities": {
-                "aerial": modality("optical", [640, 560, 480, 810], 0.2, 512),
-                "dem": modality("dem", ["dsm", "dtm"], 0.2, 512),
-                "s2": modality("optical", S2_L2A_10, 10.24, 10, True, 0, 0.3),
-                "s1_des": modality("sar", ["des_vv", "des_vh"], 10.24, 10, True, 0, 0.3),
-            },
+            "modalities": catalog_modalities("flairhub", {"s2": 0.3, "s1_des": 0.3}),
         }
     )
     d.mmearth = ml_collections.ConfigDict(
@@ -82,25 +96,7 @@ def paper_datasets():
             "weight": 1.0,
             "per_device_batch": 32,
             "effective_gsds": [float(g) for g in range(20, 101, 10)],
-            "modalities": {
-                "dem": modality("dem", ["dsm", "slope"], 10, 64),
-                "s2": modality("optical", S2_13, 10, 64),
-                "s1": modality(
-                    "sar",
-                    [
-                        "asc_vv",
-                        "asc_vh",
-                        "asc_hh",
-                        "asc_hv",
-                        "des_vv",
-                        "des_vh",
-                        "des_hh",
-                        "des_hv",
-                    ],
-                    10,
-                    64,
-                ),
-            },
+            "modalities": catalog_modalities("mmearth"),
         }
     )
     d.worldstrat = ml_collections.ConfigDict(
@@ -114,10 +110,7 @@ def paper_datasets():
             "weight": 1.0,
             "per_device_batch": 2,
             "effective_gsds": [float(g) for g in range(5, 21)],
-            "modalities": {
-                "spot": modality("optical", [665, 560, 490, 835], 1.5, 263),
-                "s2": modality("optical", S2_12, 10, 39, True),
-            },
+            "modalities": catalog_modalities("worldstrat"),
         }
     )
     return d
@@ -125,7 +118,6 @@ def paper_datasets():
 
 def demo_datasets(per_device_batch=8, crop_fraction=0.6, gsds=(30.0, 40.0, 60.0, 80.0)):
     """The six bundled BigEarthNet patches: S2 at 10/20/60 m as three modalities, plus S1."""
-    side10 = round(20 * crop_fraction) * 6
     d = ml_collections.ConfigDict()
     d.bigearthnet = ml_collections.ConfigDict(
         {
@@ -133,12 +125,9 @@ def demo_datasets(per_device_batch=8, crop_fraction=0.6, gsds=(30.0, 40.0, 60.0,
             "weight": 1.0,
             "per_device_batch": per_device_batch,
             "effective_gsds": [float(g) for g in gsds],
-            "modalities": {
-                "s2_10m": modality("optical", [490, 560, 665, 842], 10, side10),
-                "s2_20m": modality("optical", [705, 740, 783, 865, 1610, 2190], 20, side10 // 2),
-                "s2_60m": modality("optical", [443, 945], 60, side10 // 6),
-                "s1": modality("sar", ["des_vv", "des_vh"], 10, side10),
-            },
+            "modalities": catalog_modalities(
+                catalog.BIGEARTHNET_DEMO, sides=catalog.demo_crop_sides(crop_fraction)
+            ),
         }
     )
     return d

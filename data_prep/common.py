@@ -2,9 +2,10 @@
 
 Owns:
 
-- the record contract: ``Modality`` / ``DatasetSpec`` -> TFDS features (every modality ``m`` is a
-  ``[T, H, W, C]`` tensor plus ``m_dates``, int32 day-of-year ``[T]``), zero-filled missing
-  modalities, and the check of every example against its spec;
+- the record contract: ``DatasetSpec`` (its modalities described in ``ramen_jax.data.catalog``)
+  -> TFDS features (every modality ``m`` is a ``[T, H, W, C]`` tensor plus ``m_dates``, int32
+  day-of-year ``[T]``), zero-filled missing modalities, and the check of every example against
+  its spec;
 - ``ChunkBuilder``, the TFDS ``GeneratorBasedBuilder`` each dataset subclasses. One instance writes
   one *chunk* (a slice of one split) as a single ArrayRecord shard with ``download_and_prepare``,
   which commits it atomically (TFDS writes into an ``incomplete.*`` folder and renames it);
@@ -18,8 +19,10 @@ Owns:
   a chunk done and holds its statistics. A rerun skips done chunks and discards what an
   interrupted chunk left behind;
 - collecting per-channel statistics of the train split (computed in ``data_prep.statistics``);
-- ``load_split`` / ``load_stats`` for the input pipeline (no converter import needed), and the
-  command-line flags shared by the converters.
+- the command-line flags shared by the converters.
+
+The format itself (file names, ``load_split`` / ``load_stats`` / ``load_time_steps``) is the
+library's, ``ramen_jax.data.records``: the converters write what it reads.
 
 A ``Source`` (one per dataset) reads the published on-disk format and yields examples; reading
 problems are raised as ``SourceError`` naming the offending path, and ``--on-error`` decides
@@ -49,23 +52,28 @@ import numpy as np
 import rasterio
 import rasterio.errors
 import tensorflow_datasets as tfds
-from etils import epath
 from tensorflow_datasets.core import naming
 from tensorflow_datasets.core import splits as splits_lib
 
 from data_prep import statistics
 from data_prep.statistics import ChannelStats, PatchStats  # noqa: F401  (re-exported)
 from ramen_jax import cli
+from ramen_jax.data import catalog
+from ramen_jax.data.records import (  # noqa: F401  (the record format; re-exported)
+    DATES_SUFFIX,
+    INFO_FILES,
+    NO_DATE,
+    STATS_FILE,
+    TIME_STEPS_FILE,
+    TRAIN,
+    load_split,
+    load_stats,
+    load_time_steps,
+)
 
 VERSION = "1.0.0"
-STATS_FILE = "stats.json"
-TIME_STEPS_FILE = "time_steps.json"
 STATS_FORMAT = "pooled+patch,time_steps"  # what a chunk result holds; part of the fingerprint
-INFO_FILES = ("features.json", "dataset_info.json")  # dataset_info.json last: the commit point
 WORK_DIR = "_work"
-TRAIN = "train"
-DATES_SUFFIX = "_dates"
-NO_DATE = 1  # day-of-year stored where the source has no acquisition date
 ON_ERROR_CHOICES = ("stop", "skip")
 
 log = logging.getLogger("data_prep")
@@ -86,35 +94,14 @@ class SourceError(Exception):
         return f"{self.path}: {self.reason}"
 
 
-@dataclasses.dataclass(frozen=True)
-class Modality:
-    """One modality of a dataset as stored in the records.
-
-    ``channels`` are the descriptors configs/base.py uses (wavelength in nm, or SAR / DEM key);
-    ``gsd`` (m/pixel) documents the native resolution. Records hold ``[T, side, side, C]`` arrays
-    of ``dtype`` with T = 1 unless ``time_series``.
-    """
-
-    name: str
-    channels: tuple
-    gsd: float
-    side: int
-    dtype: type
-    time_series: bool = False
-
-    @property
-    def shape(self) -> tuple:
-        return (None if self.time_series else 1, self.side, self.side, len(self.channels))
-
-    def missing(self) -> tuple[np.ndarray, np.ndarray]:
-        """Data and dates stored for a sample that lacks this modality: zeros, one time step."""
-        zeros = np.zeros((1, self.side, self.side, len(self.channels)), self.dtype)
-        return zeros, np.full((1,), NO_DATE, np.int32)
+# A modality as the records store it: described once, in the library's catalog.
+Modality = catalog.StoredModality
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-    """What the records of one dataset hold, and how big its chunks are by default."""
+    """What the records of one dataset hold (its modalities: ``ramen_jax.data.catalog``), and
+    how big its chunks are by default."""
 
     name: str
     description: str
@@ -247,10 +234,10 @@ class _LocalDatasetInfo(tfds.core.DatasetInfo):
 
 
 class ChunkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """TFDS builder of one chunk; datasets subclass it with their ``name`` and ``SPEC``."""
+    """TFDS builder of one chunk; datasets subclass it with their ``name`` and ``DATASET``."""
 
     VERSION = tfds.core.Version(VERSION)
-    SPEC: DatasetSpec
+    DATASET: DatasetSpec
 
     def __init__(self, *, source: Source | None, chunk: Chunk | None, on_error: str, **kwargs):
         self._source, self._chunk, self._on_error = source, chunk, on_error
@@ -262,9 +249,9 @@ class ChunkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _info(self) -> tfds.core.DatasetInfo:
         return _LocalDatasetInfo(
             builder=self,
-            description=self.SPEC.description,
-            homepage=self.SPEC.homepage,
-            features=self.SPEC.features(),
+            description=self.DATASET.description,
+            homepage=self.DATASET.homepage,
+            features=self.DATASET.features(),
         )
 
     def _split_generators(self, dl_manager):
@@ -278,7 +265,7 @@ class ChunkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 examples = list(self._source.examples(item))  # all examples of an item, or none
                 item_keys = set()
                 for key, example in examples:
-                    self.SPEC.check(example, self._source.describe(item))
+                    self.DATASET.check(example, self._source.describe(item))
                     # TFDS would stop the whole build on a repeated key, past --on-error and
                     # with an error that needs TensorFlow to be shown: refuse it here instead.
                     if key in written_keys or key in item_keys:
@@ -298,7 +285,7 @@ class ChunkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 yield key, example
 
     def _add_to_stats(self, example: Mapping) -> None:
-        for modality in self.SPEC.modalities:
+        for modality in self.DATASET.modalities:
             key = self._source.stats_key(modality.name, example)
             if key not in self.stats:
                 channels = len(modality.channels)
@@ -407,7 +394,7 @@ def _time_steps(builder_class, data_path, split: str) -> dict:
     a shard by hashed key, not as the source yields): read back from the committed shard, by
     the main process (an ArrayRecord reader in a forked worker can crash on the reader threads
     its parent started)."""
-    names = [m.name for m in builder_class.SPEC.modalities if m.time_series]
+    names = [m.name for m in builder_class.DATASET.modalities if m.time_series]
     if not names:
         return {}
     records = tfds.builder_from_directory(os.fspath(data_path)).as_data_source(split)
@@ -465,7 +452,7 @@ def convert(
     if max_examples is not None:
         limit = math.ceil(max_examples / source.examples_per_item)
         items = {split: split_items[:limit] for split, split_items in items.items()}
-    chunks = plan_chunks(items, chunk_size or builder_class.SPEC.chunk_size)
+    chunks = plan_chunks(items, chunk_size or builder_class.DATASET.chunk_size)
     work.open(fingerprint(builder_class.name, chunks))
     pending = [chunk for chunk in chunks if work.result(chunk) is None]
     for chunk in pending:
@@ -608,35 +595,6 @@ def _refuse_empty_dataset(results, work: Workspace, out_dir: Path) -> None:
             f"(first: {skipped[0]})"
         )
     raise EmptyDatasetError(f"{out_dir}: no examples written, the splits list no source items")
-
-
-def load_split(data_dir, split: str):
-    """Random-access source over one split: ``len(source)``, ``source[i] -> dict`` of numpy.
-
-    Text fields (``id``, ...) come back as bytes. Only TFDS is needed, not the converters.
-    ``data_dir`` is a local directory: ArrayRecord's reader opens local files only
-    (``ramen_jax.data.staging`` copies a dataset kept in a bucket).
-    """
-    return tfds.builder_from_directory(os.fspath(data_dir)).as_data_source(split)
-
-
-def load_time_steps(data_dir, split: str) -> dict | None:
-    """``{time-series modality: [dates of record i, ...]}`` of a split, in ``load_split``'s
-    index order (``data_dir`` may be a URL); None for a dataset converted without the file."""
-    path = epath.Path(data_dir) / TIME_STEPS_FILE
-    if not path.exists():
-        return None
-    return json.loads(path.read_text()).get(split, {})
-
-
-def load_stats(data_dir, norm_path=None) -> dict:
-    """``{stats key: {"mean": [C], "std": [C], "count": examples, ...}}`` over the train split
-    (``data_dir`` may be a URL). With ``norm_path``, mean and std come from the folder's
-    ``NORM_<key>_patch.json`` files instead (the original's format; ``data_prep.statistics``)."""
-    stats = json.loads((epath.Path(data_dir) / STATS_FILE).read_text())
-    if norm_path is not None:
-        stats = statistics.read_norm_files(norm_path, stats)
-    return stats
 
 
 def local_folder(text: str) -> Path:

@@ -61,6 +61,7 @@ import numpy as np
 
 from data_prep import common, flairhub_dates
 from ramen_jax import cli
+from ramen_jax.data import catalog
 
 COLUMNS = {
     "aerial": "AERIAL_RGBI",
@@ -72,35 +73,21 @@ COLUMNS = {
 SNOW, CLOUD = 0, 1  # bands of one date in SENTINEL2_MSK-SC
 MAX_CLOUD, MAX_SNOW, MAX_FRACTION_COVERED = 1, 1, 0.05
 
-SPEC = common.DatasetSpec(
+DATASET = common.DatasetSpec(
     name="flairhub",
     description="FLAIR-HUB: aerial RGBI, DEM, Sentinel-2 and Sentinel-1 descending series.",
     homepage="https://github.com/IGNF/FLAIR-HUB",
-    modalities=(
-        common.Modality("aerial", (640, 560, 480, 810), gsd=0.2, side=512, dtype=np.uint8),
-        common.Modality("dem", ("dsm", "dtm"), gsd=0.2, side=512, dtype=np.float32),
-        common.Modality(
-            "s2",
-            (490, 560, 665, 705, 740, 783, 842, 865, 1610, 2190),
-            gsd=10.24,
-            side=10,
-            dtype=np.uint16,
-            time_series=True,
-        ),
-        common.Modality(
-            "s1_des", ("des_vv", "des_vh"), gsd=10.24, side=10, dtype=np.float32, time_series=True
-        ),
-    ),
+    modalities=catalog.FLAIRHUB,
     chunk_size=200,
 )
-MODALITIES = {modality.name: modality for modality in SPEC.modalities}
+MODALITIES = {modality.name: modality for modality in DATASET.modalities}
 
 
 class FlairHub(common.ChunkBuilder, skip_registration=True):
     """TFDS builder of the ``flairhub`` records (one instance writes one chunk)."""
 
     name = "flairhub"
-    SPEC = SPEC
+    DATASET = DATASET
 
 
 def read_split_csv(path: Path) -> list[dict]:

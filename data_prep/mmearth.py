@@ -15,7 +15,7 @@ HDF5 datasets read (N tiles, channels first):
 
 - ``sentinel2`` uint16 [N, 13, 64, 64], bands B1 B2 B3 B4 B5 B6 B7 B8A B8 B9 B10 B11 B12
   (B8A *before* B8). L2A tiles carry zeros in B10. Records reorder to the wavelength order of
-  configs/base.py (B8 842 nm before B8A 865 nm).
+  ``ramen_jax.data.catalog`` (B8 842 nm before B8A 865 nm).
 - ``sentinel1`` float32 [N, 8, 64, 64]: asc VV VH HH HV, desc VV VH HH HV; a band that was not
   acquired is -inf: a whole orbit, or the pair of an acquired orbit that its dual-polarisation
   mode lacks (HH HV for the usual VV+VH acquisitions). Values are stored as they are (NaN / inf
@@ -52,9 +52,8 @@ import numpy as np
 
 from data_prep import common
 from ramen_jax import cli
+from ramen_jax.data import catalog
 
-S2_WAVELENGTHS = (443, 490, 560, 665, 705, 740, 783, 842, 865, 945, 1370, 1610, 2190)
-S1_KEYS = ("asc_vv", "asc_vh", "asc_hh", "asc_hv", "des_vv", "des_vh", "des_hh", "des_hv")
 # Record band k is HDF5 band S2_RECORD_FROM_H5[k]: the file stores B8A (865 nm) before B8 (842 nm).
 S2_RECORD_FROM_H5 = (0, 1, 2, 3, 4, 5, 6, 8, 7, 9, 10, 11, 12)
 B10 = 10  # index of the cirrus band, the same in both orders
@@ -62,15 +61,11 @@ VAL_FRACTION = 0.1
 SPLIT_SEED = 42
 DEFAULT_SPLITS = ("train", "val")
 
-SPEC = common.DatasetSpec(
+DATASET = common.DatasetSpec(
     name="mmearth",
     description="MMEarth64 (data_1M_v001_64): Sentinel-2, Sentinel-1 and ASTER DEM, 64 px.",
     homepage="https://github.com/vishalned/MMEarth-data",
-    modalities=(
-        common.Modality("s2", S2_WAVELENGTHS, gsd=10, side=64, dtype=np.uint16),
-        common.Modality("s1", S1_KEYS, gsd=10, side=64, dtype=np.float32),
-        common.Modality("dem", ("dsm", "slope"), gsd=10, side=64, dtype=np.int16),
-    ),
+    modalities=catalog.MMEARTH,
     chunk_size=2000,
     text_fields=("s2_product",),
     int_fields=("biome",),
@@ -81,7 +76,7 @@ class MMEarth(common.ChunkBuilder, skip_registration=True):
     """TFDS builder of the ``mmearth`` records (one instance writes one chunk)."""
 
     name = "mmearth"
-    SPEC = SPEC
+    DATASET = DATASET
 
 
 def find_h5(src: Path) -> Path:

@@ -1,7 +1,19 @@
-"""Small synthetic stand-ins for the pretraining datasets, in their published on-disk layouts.
+r"""Small synthetic stand-ins for the pretraining datasets, in their published on-disk layouts.
 
-Owns the *writers* of each release's layout, the one place the converter tests and the pipeline
-benchmark (``ramen_jax.data.bench``) learn it from:
+  python -m data_prep.standins --config configs/base.py --workdir DIR
+  python -m ramen_jax.perf.data_bench --config configs/base.py --batches 200 \
+      --flagfile=DIR/standins.flags
+
+The command writes a stand-in for every ``records`` dataset of the config whose
+``source.path`` is absent (a dataset whose path exists is left as it is), converts it with the
+dataset's own converter, caches both under ``DIR`` (reused by later runs), and prints the
+``--config.data.datasets.<name>.source.path=...`` overrides that point the config at them, also
+written to ``DIR/standins.flags`` for absl's ``--flagfile``. The measurement tools read them as
+they read any records and say that they are stand-ins (``records.STANDIN_FILE``); they never
+write data themselves.
+
+Owns the *writers* of each release's layout, the one place the converter tests and the
+stand-in command learn it from:
 
 - MMEarth64: ``write_mmearth`` (the HDF5 file of ``data_1M_v001_64`` with every dataset of the
   release, plus its ``_splits.json``, ``_band_stats.json`` and ``_tile_info.json`` sidecars);
@@ -28,10 +40,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import sqlite3
 import struct
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, timedelta
 from pathlib import Path
@@ -43,6 +57,8 @@ import rasterio.crs
 import rasterio.transform
 
 from data_prep import common, flairhub, flairhub_dates, mmearth, worldstrat
+from ramen_jax import cli, storage
+from ramen_jax.data import records
 
 STANDIN_VERSION = 2  # bump when a stand-in's content changes: caches are keyed by it
 
@@ -584,8 +600,9 @@ def build_standin(name: str, root, split: str = common.TRAIN) -> Path:
 
     ``root/source`` holds the published layout (written once: ``source.partial`` is renamed
     when complete) and ``root/records/<split>`` that split converted by the dataset's own
-    converter (resumable; a finished conversion is left as it is). Stand-ins are written with a
-    fixed seed, so every cache holds the same data.
+    converter (resumable; a finished conversion is left as it is), marked as a stand-in by
+    ``records.STANDIN_FILE``. Stand-ins are written with a fixed seed, so every cache holds the
+    same data.
     """
     standin = STANDINS[name]
     root = Path(root)
@@ -595,6 +612,90 @@ def build_standin(name: str, root, split: str = common.TRAIN) -> Path:
         shutil.rmtree(partial, ignore_errors=True)
         standin.write(partial)
         os.replace(partial, source)
-    records = root / "records" / split
-    common.convert(standin.builder, standin.make_source(source), records, [split])
-    return records
+    converted = root / "records" / split
+    common.convert(standin.builder, standin.make_source(source), converted, [split])
+    marker = {"layout": standin.layout, "version": STANDIN_VERSION}
+    common.write_json_atomic(converted / records.STANDIN_FILE, marker)
+    return converted
+
+
+class MissingStandInError(RuntimeError):
+    """A records dataset of the config has no data and no stand-in of its name."""
+
+
+def point_at_standins(config, workdir, say) -> list[str]:
+    """Writes (once, cached under ``workdir``) the stand-in of every ``records`` dataset of
+    ``config.data`` whose ``source.path`` is absent; returns the ``--config`` overrides that
+    point the config at them. A dataset whose path exists is left as it is."""
+    overrides = []
+    for name, dataset in config.data.datasets.items():
+        source = dataset.source
+        if source.get("type") != "records":
+            say(f"{name}: '{source.get('type')}' source, nothing to write")
+            continue
+        if storage.as_path(source.path).exists():  # a local path or a URL
+            say(f"{name}: data exists at {source.path}, left as it is")
+            continue
+        if name not in STANDINS:
+            raise MissingStandInError(
+                f"{name}: no data at {source.path} and no stand-in for a dataset of that name; "
+                f"convert it with data_prep (stand-ins exist for {sorted(STANDINS)})"
+            )
+        root = Path(workdir) / f"standins-v{STANDIN_VERSION}" / name
+        say(
+            f"{name}: NO DATA at {source.path}; writing a SYNTHETIC STAND-IN in the published "
+            f"layout ({STANDINS[name].layout}), converted with data_prep.{name}, cached in {root}"
+        )
+        converted = build_standin(name, root, source.get("split", common.TRAIN))
+        overrides.append(f"--config.data.datasets.{name}.source.path={os.fspath(converted)}")
+    return overrides
+
+
+FLAGFILE = "standins.flags"
+
+
+def write_overrides(config, workdir, say) -> Path:
+    """``point_at_standins``, then its overrides written to ``workdir/standins.flags`` (one
+    flag a line, an absl ``--flagfile``) and printed to stdout; returns the file."""
+    overrides = point_at_standins(config, workdir, say)
+    flagfile = Path(workdir) / FLAGFILE
+    flagfile.parent.mkdir(parents=True, exist_ok=True)
+    flagfile.write_text("".join(line + "\n" for line in overrides))
+    say(f"{len(overrides)} override(s) written to {flagfile} (pass --flagfile={flagfile})")
+    print("\n".join(overrides), flush=True)
+    return flagfile
+
+
+def main() -> None:
+    """``python -m data_prep.standins --config CONFIG --workdir DIR``; progress on stderr."""
+    # absl flags are defined here, not on import: the converter tests import this module beside
+    # commands that define flags of the same names.
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/base.py.")
+    workdir = flags.DEFINE_string(
+        "workdir", None, "Cache of the stand-ins (written and converted once, reused later)."
+    )
+
+    def run(argv) -> None:
+        if len(argv) > 1:
+            sys.exit(cli.report(f"unexpected arguments: {argv[1:]}", cli.USAGE_EXIT_CODE))
+        if config.value is None or workdir.value is None:
+            sys.exit(cli.report("--config and --workdir are required", cli.USAGE_EXIT_CODE))
+        logging.getLogger("data_prep").setLevel(logging.INFO)  # conversion progress
+        logging.getLogger("absl").setLevel(logging.WARNING)  # TFDS logs every chunk twice
+
+        def say(line: str) -> None:
+            print(line, file=sys.stderr, flush=True)
+
+        try:
+            write_overrides(config.value, workdir.value, say)
+        except MissingStandInError as error:
+            sys.exit(cli.report(error))
+
+    app.run(run, flags_parser=lambda argv: cli.parse_absl_flags(argv, config))
+
+
+if __name__ == "__main__":
+    main()

@@ -18,7 +18,8 @@ those planes out of a sample's statistics too; a channel no sample observed gets
 
 The original's files: ``NORM_<key>_patch.json`` = ``{"mean": [C floats], "std": [C floats]}``
 (``json.dump(..., indent=4)``), one per statistics key, channels in the original's order.
-``write_norm_files`` / ``read_norm_files`` convert between that order and the records' with the
+``write_norm_files`` (and the library's reader, ``ramen_jax.data.records.read_norm_files``)
+convert between that order and the records' with the
 permutation each ``stats.json`` entry records as ``original_channels`` (record channel ``k`` is
 the original's channel ``original_channels[k]``).
 """
@@ -31,8 +32,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from etils import epath
 
+from ramen_jax.data.records import NORM_FILE, read_norm_files  # noqa: F401  (re-exported)
+
 METHODS = ("patch", "pooled")
-NORM_FILE = "NORM_{key}_patch.json"
 
 
 def _planes(array: np.ndarray) -> np.ndarray:
@@ -219,29 +221,6 @@ def write_norm_files(folder, stats: Mapping[str, Mapping]) -> list:
         path.write_text(json.dumps(values, indent=4))
         written.append(path)
     return written
-
-
-def read_norm_files(folder, stats: Mapping[str, Mapping]) -> dict:
-    """``stats`` with each entry's mean / std replaced by ``folder``'s ``NORM_<key>_patch.json``
-    (for instance the original's published files), reordered into the records' channels."""
-    folder = epath.Path(folder)
-    out = {}
-    for key, entry in stats.items():
-        path = folder / NORM_FILE.format(key=key)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no statistics file for {key!r}")
-        values = json.loads(path.read_text())
-        order = entry.get("original_channels", list(range(len(entry["mean"]))))
-        replaced = dict(entry)
-        for field in ("mean", "std"):
-            if len(values[field]) != len(order):
-                raise ValueError(
-                    f"{path}: {len(values[field])} {field} values, the records have {len(order)} "
-                    "channels"
-                )
-            replaced[field] = [float(values[field][original]) for original in order]
-        out[key] = {**replaced, "method": f"file:{path}"}
-    return out
 
 
 def merged_summary(states: Sequence[Mapping[str, Mapping]], method: str, orders: Mapping) -> dict:

@@ -52,6 +52,7 @@ import numpy as np
 
 from data_prep import common
 from ramen_jax import cli
+from ramen_jax.data import catalog
 
 GRID = 4  # tiles per side
 S2_RESAMPLED_SIDE = 158
@@ -59,31 +60,21 @@ DEFAULT_SPLITS = ("train", "val")
 SPLIT_FILE = "stratified_train_val_test_split.csv"
 HELD_OUT_FIRST = ("test", "val")  # an AOI listed under several splits stays in the first of these
 
-SPEC = common.DatasetSpec(
+DATASET = common.DatasetSpec(
     name="worldstrat",
     description="WorldStrat: SPOT 6/7 (1.5 m) and Sentinel-2 L2A revisits, 4 x 4 tiles per AOI.",
     homepage="https://github.com/worldstrat/worldstrat",
-    modalities=(
-        common.Modality("spot", (665, 560, 490, 835), gsd=1.5, side=263, dtype=np.uint16),
-        common.Modality(
-            "s2",
-            (443, 490, 560, 665, 705, 740, 783, 842, 865, 945, 1610, 2190),
-            gsd=10,
-            side=39,
-            dtype=np.float32,
-            time_series=True,
-        ),
-    ),
+    modalities=catalog.WORLDSTRAT,
     chunk_size=25,  # AOIs: 400 records
 )
-SPOT, S2 = SPEC.modalities
+SPOT, S2 = DATASET.modalities
 
 
 class WorldStrat(common.ChunkBuilder, skip_registration=True):
     """TFDS builder of the ``worldstrat`` records (one instance writes one chunk)."""
 
     name = "worldstrat"
-    SPEC = SPEC
+    DATASET = DATASET
 
 
 def bilinear_source_positions(in_size: int, out_size: int):

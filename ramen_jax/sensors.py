@@ -190,6 +190,24 @@ _S2_GSD = {b: 10.0 for b in ("B02", "B03", "B04", "B08")}
 _S2_GSD.update({b: 20.0 for b in ("B05", "B06", "B07", "B8A", "B11", "B12")})
 _S2_GSD.update({b: 60.0 for b in ("B01", "B09", "B10")})
 
+# Landsat 8/9 OLI reflective bands (thermal TIRS bands are not reflectance: left out).
+_LANDSAT_OLI = SensorPreset(
+    OPTICAL,
+    {
+        "B1": 443.0,
+        "B2": 482.0,
+        "B3": 561.0,
+        "B4": 655.0,
+        "B5": 865.0,
+        "B6": 1609.0,
+        "B7": 2201.0,
+        "B8": 590.0,
+        "B9": 1373.0,
+    },
+    30.0,
+    {"B8": 15.0},
+)
+
 SENSOR_PRESETS: dict[str, SensorPreset] = {
     "sentinel2": SensorPreset(OPTICAL, _S2, 10.0, _S2_GSD),
     "sentinel1_asc": SensorPreset(
@@ -198,39 +216,9 @@ SENSOR_PRESETS: dict[str, SensorPreset] = {
     "sentinel1_des": SensorPreset(
         SAR, {"VV": "des_vv", "VH": "des_vh", "HH": "des_hh", "HV": "des_hv"}, 10.0
     ),
-    # Landsat 8/9 OLI reflective bands (thermal TIRS bands are not reflectance: left out).
-    "landsat8": SensorPreset(
-        OPTICAL,
-        {
-            "B1": 443.0,
-            "B2": 482.0,
-            "B3": 561.0,
-            "B4": 655.0,
-            "B5": 865.0,
-            "B6": 1609.0,
-            "B7": 2201.0,
-            "B8": 590.0,
-            "B9": 1373.0,
-        },
-        30.0,
-        {"B8": 15.0},
-    ),
-    "landsat9": SensorPreset(
-        OPTICAL,
-        {
-            "B1": 443.0,
-            "B2": 482.0,
-            "B3": 561.0,
-            "B4": 655.0,
-            "B5": 865.0,
-            "B6": 1609.0,
-            "B7": 2201.0,
-            "B8": 590.0,
-            "B9": 1373.0,
-        },
-        30.0,
-        {"B8": 15.0},
-    ),
+    # Landsat 8 and 9 carry the same OLI instrument design: one preset, both names.
+    "landsat8": _LANDSAT_OLI,
+    "landsat9": _LANDSAT_OLI,
     "landsat7": SensorPreset(
         OPTICAL,
         {

@@ -1,7 +1,7 @@
 r"""Pretrain RAMEN: ``python -m ramen_jax.train --config configs/base.py --workdir DIR``.
 
 Kept short on purpose: parse flags, start the multi-process runtime when the job has several
-processes, call ``train_and_evaluate``. Any config field can be overridden with
+processes, call ``train``. Any config field can be overridden with
 ``--config.a.b=value`` (e.g. ``--config.total_steps=1000``). A run resumes automatically from
 the latest checkpoint in ``--workdir``. Exit codes: 0 finished; 75 stopped by SIGTERM/SIGINT
 on any host, with a checkpoint written at a step all hosts agreed on (re-run the same command
@@ -73,7 +73,7 @@ def main(argv):
     logs.configure_from_absl_flags(flags.FLAGS, verbose=_VERBOSE.value)
     initialize_distributed()
     from ramen_jax.training.failures import PREEMPTED_EXIT_CODE, Preempted, RunError
-    from ramen_jax.training.trainer import run_summary, train_and_evaluate
+    from ramen_jax.training.trainer import run_summary, train
 
     logging.info(
         "JAX %s: %d processes, %d devices (%d local)",
@@ -83,7 +83,7 @@ def main(argv):
         jax.local_device_count(),
     )
     try:
-        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        train(_CONFIG.value, _WORKDIR.value)
         if jax.process_index() == 0:
             print(run_summary(_WORKDIR.value, _CONFIG.value), flush=True)
     except Preempted:

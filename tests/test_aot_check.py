@@ -15,7 +15,7 @@ from ramen_jax.training import precompile
 
 def aot_check(*args, env=None):
     result = subprocess.run(
-        [sys.executable, "-m", "ramen_jax.tools.aot_check", *args],
+        [sys.executable, "-m", "ramen_jax.perf.aot_check", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -39,7 +39,7 @@ def test_base_config_on_a_tpu_slice_reports_sharded_state_without_hardware():
         "--config.mesh.fsdp=4",
     )
     assert "16 devices" in replicated and "'fsdp': 4" in fsdp
-    # 131.5 M float32 parameters (98.4 M encoder + 33.0 M decoder, SPEC D): 0.49 GiB replicated
+    # 131.5 M float32 parameters (98.4 M encoder + 33.0 M decoder): 0.49 GiB replicated
     assert abs(per_device_gib(replicated, "params") - 131.46e6 * 4 / 2**30) < 0.01
     # fsdp=4 splits the large matrices four ways; AdamW moments are twice the parameters
     assert per_device_gib(fsdp, "params") < 0.3 * per_device_gib(replicated, "params")
@@ -56,7 +56,7 @@ def test_datasets_flag_keeps_the_named_datasets_and_refuses_unknown_ones():
     out = aot_check("--config=configs/base.py", "--topology=v5p:2x2x4", "--datasets=worldstrat")
     assert set(json.loads(out.splitlines()[-1])["datasets"]) == {"worldstrat"}
     result = subprocess.run(
-        [sys.executable, "-m", "ramen_jax.tools.aot_check", "--config=configs/base.py",
+        [sys.executable, "-m", "ramen_jax.perf.aot_check", "--config=configs/base.py",
          "--topology=v5p:2x2x4", "--datasets=worldstrat,sentinel"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

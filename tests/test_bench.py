@@ -1,4 +1,5 @@
-"""``python -m ramen_jax.bench``: the table and JSON a user reads, numbers that hang together."""
+"""``python -m ramen_jax.perf.step_bench``: the table and JSON a user reads, numbers that hang
+together."""
 
 import importlib.util
 import json
@@ -21,7 +22,7 @@ def test_bench_reports_throughput_flops_mfu_compiles_and_decoder_speedup():
         [
             sys.executable,
             "-m",
-            "ramen_jax.bench",
+            "ramen_jax.perf.step_bench",
             "--config=configs/base.py:debug",
             "--steps=2",
             "--warmup=1",

@@ -42,3 +42,26 @@ def test_restart_and_dropped_programs_compile_nothing_new(tmp_path):
     run1 = (tmp_path / "run1.log").read_text()
     run2 = (tmp_path / "run2.log").read_text()
     assert "step 12/12" in run1 and "resumed from" in run2 and "step 12/12" in run2
+
+
+def test_absent_records_stop_it_with_one_line_naming_the_standin_command(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ramen_jax.perf.compile_check",
+            f"--config={ROOT / 'configs' / 'base.py'}",
+            "--steps=2",
+            "--restart_at=1",
+            f"--workdir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,  # data/<name> does not exist here
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: flairhub: no records at data/flairhub; ")
+    assert "python -m data_prep.standins" in line
+    assert not (tmp_path / "run" / "run1.log").exists()  # no training started

@@ -1,16 +1,19 @@
 """The input-pipeline benchmark on the paper's mixed config (configs/base.py), on stand-ins.
 
-``python -m ramen_jax.data.bench`` runs once (40 batches) from an empty folder, so no
-``source.path`` of the config exists and every dataset must be written as a stand-in in its
-published layout and converted. What it reports is then recounted independently: the same steps
-are drawn straight from ``StepBatches`` (no Grain iterator) and the padding is derived from the
-step plan and the grid geometry, not from ``token_valid``. Counts must match exactly, fractions
-to rel 1e-12.
+The two-step use runs once from an empty folder, so no ``source.path`` of the config exists:
+``python -m data_prep.standins`` must write every dataset as a stand-in in its published layout,
+convert it and print the overrides pointing the config at it, then ``python -m
+ramen_jax.perf.data_bench`` (40 batches, ``--flagfile`` of those overrides) reads them and says they
+are stand-ins. What it reports is then recounted independently: the same steps are drawn
+straight from ``StepBatches`` (no Grain iterator) and the padding is derived from the step plan
+and the grid geometry, not from ``token_valid``. Counts must match exactly, fractions to rel
+1e-12. A records dataset with no data stops the bench with one line naming the stand-in command.
 """
 
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +23,10 @@ import numpy as np
 import pytest
 
 from configs import base
+from data_prep import standins
 from ramen_jax import geometry
-from ramen_jax.data import bench, pipeline, temporal_dropout
+from ramen_jax.data import pipeline, records, temporal_dropout
+from ramen_jax.perf import pipeline_tally
 
 REPO = Path(__file__).resolve().parents[1]
 BATCHES = 40
@@ -30,34 +35,57 @@ DATASETS = ("flairhub", "mmearth", "worldstrat")
 
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
-    """(stdout lines, stderr, final JSON, workdir) of one command-line run."""
-    workdir = tmp_path_factory.mktemp("bench")
-    command = [
-        sys.executable,
-        "-m",
-        "ramen_jax.data.bench",
-        f"--config={REPO / 'configs' / 'base.py'}",
-        f"--batches={BATCHES}",
-        f"--workdir={workdir}",
-    ]
-    completed = subprocess.run(
-        command,
-        cwd=tmp_path_factory.mktemp("empty_cwd"),  # data/<name> does not exist here
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    """(stdout lines, stderr, final JSON, workdir, the stand-in command's run) of the two-step
+    use: stand-ins written, then the bench on them."""
+    workdir = tmp_path_factory.mktemp("standins")
+    cwd = tmp_path_factory.mktemp("empty_cwd")  # data/<name> does not exist here
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    config = f"--config={REPO / 'configs' / 'base.py'}"
+    standin_run = subprocess.run(
+        [sys.executable, "-m", "data_prep.standins", config, f"--workdir={workdir}"],
+        cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
+    assert standin_run.returncode == 0, standin_run.stderr[-4000:]
+    command = [
+        sys.executable,
+        "-m",
+        "ramen_jax.perf.data_bench",
+        config,
+        f"--batches={BATCHES}",
+        f"--flagfile={workdir / standins.FLAGFILE}",
+    ]
+    completed = subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert completed.returncode == 0, completed.stderr[-4000:]
     lines = completed.stdout.strip().splitlines()
-    return lines, completed.stderr, json.loads(lines[-1]), workdir
+    return lines, completed.stderr, json.loads(lines[-1]), workdir, standin_run
+
+
+def test_standin_command_writes_and_points_at_every_absent_dataset(bench_run):
+    result, workdir, standin_run = bench_run[2], bench_run[3], bench_run[4]
+    overrides = standin_run.stdout.strip().splitlines()
+    assert overrides == [
+        f"--config.data.datasets.{name}.source.path={result['per_dataset'][name]['path']}"
+        for name in DATASETS
+    ]
+    assert (workdir / standins.FLAGFILE).read_text().splitlines() == overrides
+    for name in DATASETS:
+        (said,) = [line for line in standin_run.stderr.splitlines() if line.startswith(f"{name}: ")]
+        assert f"NO DATA at data/{name}" in said and "SYNTHETIC STAND-IN" in said
+        assert result["per_dataset"][name]["path"].startswith(os.fspath(workdir))
 
 
 def test_says_it_runs_on_standins_and_prints_table_then_json(bench_run):
-    lines, stderr, result, _ = bench_run
+    lines, stderr, result, _, _ = bench_run
     for name in DATASETS:
         (said,) = [line for line in lines if line.startswith(f"{name}: ")]
-        assert f"NO DATA at data/{name}" in said and "SYNTHETIC STAND-IN" in said
+        path = result["per_dataset"][name]["path"]
+        assert said.startswith(f"{name}: SYNTHETIC STAND-IN records at {path} ")
     header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["dataset", "data"])
     assert [lines[header + 2 + i].split()[0] for i in range(4)] == [*DATASETS, "all"]
     assert f"[bench] {BATCHES}/{BATCHES} batches" in stderr
@@ -69,13 +97,11 @@ def test_says_it_runs_on_standins_and_prints_table_then_json(bench_run):
 
 
 def test_standins_have_the_papers_native_shapes(bench_run):
-    from data_prep import common
-
     result = bench_run[2]
     for name, dataset in base.paper_datasets().items():
-        records = common.load_split(result["per_dataset"][name]["path"], "train")
-        assert 1 < len(records) <= 16  # a handful, repeated by the pipeline
-        record = records[0]
+        split = records.load_split(result["per_dataset"][name]["path"], "train")
+        assert 1 < len(split) <= 16  # a handful, repeated by the pipeline
+        record = split[0]
         for modality, spec in dataset.modalities.items():
             steps, *shape = record[modality].shape
             assert tuple(shape) == (spec.side, spec.side, len(spec.channels)), (name, modality)
@@ -130,15 +156,13 @@ def recount(result: dict) -> dict:
 
 
 def test_step_shares_measured_and_expected_from_the_epoch_mixing(bench_run):
-    from data_prep import common
-
     result = bench_run[2]
     config = base.get_config()
     assert config.data.mixing == "epoch"
     batches = {}  # full global batches per epoch (one batch shard), at least one
     for name in DATASETS:
-        records = common.load_split(result["per_dataset"][name]["path"], common.TRAIN)
-        batches[name] = max(1, len(records) // config.data.datasets[name].per_device_batch)
+        split = records.load_split(result["per_dataset"][name]["path"], records.TRAIN)
+        batches[name] = max(1, len(split) // config.data.datasets[name].per_device_batch)
     expected = {name: count / sum(batches.values()) for name, count in batches.items()}
     assert result["expected_step_share"] == pytest.approx(expected, rel=1e-12)
     measured = {name: d["steps"] / BATCHES for name, d in result["per_dataset"].items()}
@@ -173,29 +197,91 @@ def test_shapes_and_padding_match_an_independent_count(bench_run):
     assert result["samples_per_s"] == pytest.approx(result["batches_per_s"] * samples / BATCHES)
 
 
-def test_cache_is_reused_and_existing_data_is_read_as_real(bench_run):
+def test_cache_is_reused_and_existing_data_is_read_as_real(bench_run, tmp_path):
     result, workdir = bench_run[2], bench_run[3]
-    info = {
-        name: Path(result["per_dataset"][name]["path"], "dataset_info.json") for name in DATASETS
-    }
+    paths = {name: result["per_dataset"][name]["path"] for name in DATASETS}
+    info = {name: Path(path, "dataset_info.json") for name, path in paths.items()}
     written = {name: path.stat().st_mtime_ns for name, path in info.items()}
     config = base.get_config()
-    config.data.datasets.flairhub.source.path = result["per_dataset"]["flairhub"]["path"]
-    out = io.StringIO()
-    again = bench.run_bench(config, 2, workdir, out=out)
+    real = tmp_path / "flairhub"  # converted records without the stand-in mark: real data
+    shutil.copytree(paths["flairhub"], real, ignore=shutil.ignore_patterns(records.STANDIN_FILE))
+    config.data.datasets.flairhub.source.path = os.fspath(real)
+    said = []
+    overrides = standins.point_at_standins(config, workdir, said.append)
     assert {name: path.stat().st_mtime_ns for name, path in info.items()} == written
-    assert out.getvalue().startswith(
-        f"flairhub: real data, converted records at {result['per_dataset']['flairhub']['path']}"
-    )
+    assert said[0] == f"flairhub: data exists at {real}, left as it is"
+    assert overrides == [
+        f"--config.data.datasets.{name}.source.path={paths[name]}"
+        for name in ("mmearth", "worldstrat")
+    ]
+    for name in ("mmearth", "worldstrat"):
+        config.data.datasets[name].source.path = paths[name]
+    out = io.StringIO()
+    again = pipeline_tally.run_bench(config, 2, out=out)
+    assert out.getvalue().startswith(f"flairhub: real data, converted records at {real}")
     assert again["per_dataset"]["flairhub"]["data"] == "real"
     assert again["per_dataset"]["mmearth"]["data"] == "stand-in"
     assert json.loads(out.getvalue().splitlines()[-1]) == json.loads(json.dumps(again))
 
 
-def test_dataset_without_data_or_standin_stops_the_run(tmp_path):
+def test_absent_data_stops_the_bench_naming_the_standin_command(tmp_path):
+    mmearth = base.paper_datasets().mmearth
+    mmearth.source.path = os.fspath(tmp_path / "absent")
+    config = base.get_config()
+    config.data.datasets = ml_collections.ConfigDict({"mmearth": mmearth})
+    match = "mmearth: no records at .*absent; .*data_prep"
+    with pytest.raises(pipeline_tally.BenchError, match=match):
+        pipeline_tally.run_bench(config, 1, out=io.StringIO())
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ramen_jax.perf.data_bench",
+            f"--config={REPO / 'configs' / 'base.py'}",
+            "--batches=1",
+        ],
+        cwd=tmp_path,  # data/<name> does not exist here
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 1 and completed.stdout == ""
+    (line,) = completed.stderr.strip().splitlines()
+    assert line.startswith("error: flairhub: no records at data/flairhub; ")
+    assert "python -m data_prep.standins --config CONFIG --workdir DIR" in line
+
+
+def test_dataset_without_data_or_standin_stops_the_standin_command(tmp_path):
     unknown = base.paper_datasets().flairhub
     unknown.source.path = os.fspath(tmp_path / "absent")
     config = base.get_config()
     config.data.datasets = ml_collections.ConfigDict({"other": unknown})
-    with pytest.raises(bench.BenchError, match="other: no data at .*absent and no stand-in"):
-        bench.run_bench(config, 1, tmp_path, out=io.StringIO())
+    with pytest.raises(standins.MissingStandInError, match="other: no data at .*absent and no"):
+        standins.point_at_standins(config, tmp_path, lambda line: None)
+
+
+def test_standin_command_refuses_a_dataset_it_has_no_standin_for(tmp_path):
+    config_file = tmp_path / "other.py"
+    config_file.write_text(
+        "from configs import base\n\n\n"
+        "def get_config():\n"
+        "    config = base.get_config()\n"
+        "    config.data.datasets = {'other': base.paper_datasets().flairhub}\n"
+        "    return config\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-m", "data_prep.standins", f"--config={config_file}", "--workdir=out"],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([os.fspath(REPO), os.environ.get("PYTHONPATH", "")]),
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 1 and completed.stdout == ""
+    (line,) = [text for text in completed.stderr.splitlines() if text.startswith("error:")]
+    assert line.startswith("error: other: no data at data/flairhub and no stand-in")
+    assert not (tmp_path / "out").exists()

@@ -16,13 +16,15 @@ import pytest
 
 from data_prep import common
 
-SPEC = common.DatasetSpec(
+TOY = common.DatasetSpec(
     name="toy",
     description="toy dataset for tests",
     homepage="",
     modalities=(
-        common.Modality("img", (490, 560), gsd=1, side=4, dtype=np.uint16),
-        common.Modality("ts", ("asc_vv",), gsd=2, side=2, dtype=np.float32, time_series=True),
+        common.Modality("img", "optical", (490, 560), gsd=1, side=4, dtype=np.uint16),
+        common.Modality(
+            "ts", "sar", ("asc_vv",), gsd=2, side=2, dtype=np.float32, time_series=True
+        ),
     ),
     chunk_size=2,
 )
@@ -30,7 +32,7 @@ SPEC = common.DatasetSpec(
 
 class Toy(common.ChunkBuilder, skip_registration=True):
     name = "toy"
-    SPEC = SPEC
+    DATASET = TOY
 
 
 class Interrupted(Exception):
@@ -337,13 +339,13 @@ def test_channel_stats_do_not_depend_on_chunking():
 
 def test_check_rejects_examples_off_spec():
     example = toy_example(1)
-    SPEC.check(example, "here")
+    TOY.check(example, "here")
     wrong_dtype = {**example, "img": example["img"].astype(np.int32)}
     with pytest.raises(common.SourceError, match="here: img: got int32"):
-        SPEC.check(wrong_dtype, "here")
+        TOY.check(wrong_dtype, "here")
     two_steps = {**example, "img": np.repeat(example["img"], 2, axis=0)}
     with pytest.raises(common.SourceError, match="img: got uint16"):
-        SPEC.check(two_steps, "here")
+        TOY.check(two_steps, "here")
     bad_date = {**example, "ts_dates": np.zeros_like(example["ts_dates"])}
     with pytest.raises(common.SourceError, match="outside 1..366"):
-        SPEC.check(bad_date, "here")
+        TOY.check(bad_date, "here")

@@ -124,12 +124,12 @@ TPU_PYTHON = os.environ.get("RAMEN_TPU_PYTHON", "")
 )
 def test_tiny_config_compiles_for_two_tpu_slices_ahead_of_time():
     from ramen_jax.model.attention import default_attention
-    from ramen_jax.tools.aot_check import CHIPS
+    from ramen_jax.perf.topology import CHIPS
 
     args = ["--config=configs/base.py:debug", "--topology=v5e:2x2", "--num_slices=2"]
     tiny = ["--config.model.depth=1", "--config.data.datasets.bigearthnet.per_device_batch=2"]
     done = subprocess.run(
-        [TPU_PYTHON, "-m", "ramen_jax.tools.aot_check", *args, *tiny],
+        [TPU_PYTHON, "-m", "ramen_jax.perf.aot_check", *args, *tiny],
         capture_output=True,
         text=True,
         env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO)),

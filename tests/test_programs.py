@@ -1,4 +1,4 @@
-"""The step-program cache keeps XLA:CPU's JIT mappings under the limit it is given."""
+"""Compiled step programs: kept by key, and under XLA:CPU's JIT mapping limit on CPU hosts."""
 
 import subprocess
 import sys
@@ -30,14 +30,14 @@ def bounded_mappings_in_a_fresh_process():
     freed JIT code (as a long test session has) does not grow by a program's size per program."""
     step = jax.jit(chain)
     w = jnp.full((8, 8), 0.01)
-    probe = programs.ProgramCache(limit=10**9)  # measures one program's mappings
+    probe = programs.MapLimitedPrograms(limit=10**9)  # measures one program's mappings
     probe("size", step, jnp.ones((3, 8)), w)
     size = probe.largest_program
     assert size > 0
     del probe
     start = programs.mapped_regions()
     # room for about two programs at a time
-    cache = programs.ProgramCache(limit=start + 3 * size, reserve=0, first_guess=size)
+    cache = programs.MapLimitedPrograms(limit=start + 3 * size, reserve=0, first_guess=size)
     order = [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5]
     peak = 0
     for n in order:
@@ -62,7 +62,7 @@ def test_real_mappings_stay_bounded_and_results_right_while_dropping():
 
 def test_least_recently_used_dropped_and_reloaded():
     """The policy, on a modelled mapping count: 100 mappings per resident executable."""
-    cache = programs.ProgramCache(limit=350, reserve=0, first_guess=100)
+    cache = programs.MapLimitedPrograms(limit=350, reserve=0, first_guess=100)
     cache.count_maps = lambda: 100 * len(cache.resident)
     step = jax.jit(lambda x: x + 1)
     arg = {n: jnp.zeros((n + 1,)) for n in range(4)}
@@ -78,12 +78,31 @@ def test_least_recently_used_dropped_and_reloaded():
     assert cache.stats() == {"programs_resident": 3, "programs_dropped": 2, "programs_reloaded": 1}
 
 
-def test_no_limit_never_drops():
-    cache = programs.ProgramCache(limit=None)
+def test_plain_programs_compile_each_key_once_and_keep_it():
+    compiles = []
     step = jax.jit(lambda x: x * 2)
-    for n in range(5):
-        assert float(cache(n, step, jnp.ones((n + 1,)))[0]) == 2.0
-    assert cache.stats() == {"programs_resident": 5, "programs_dropped": 0, "programs_reloaded": 0}
+    real_lower = step.lower
+
+    class Counting:
+        def lower(self, *args):
+            compiles.append(args[0].shape)
+            return real_lower(*args)
+
+    cache = programs.Programs()
+    for n in [0, 1, 2, 3, 4, 0, 1]:
+        assert float(cache(n, Counting(), jnp.ones((n + 1,)))[0]) == 2.0
+    cache.prepare(2, Counting(), jnp.ones((3,)))  # already compiled: nothing to do
+    assert compiles == [(1,), (2,), (3,), (4,), (5,)]
+    assert cache.stats() == {"programs_resident": 5}
+
+
+def test_host_choice():
+    assert isinstance(programs.for_host(500), programs.MapLimitedPrograms)
+    assert programs.for_host(500).limit == 500
+    if programs.map_limit() is None:
+        assert type(programs.for_host(None)) is programs.Programs
+    else:
+        assert programs.for_host(None).limit == programs.map_limit()
 
 
 if __name__ == "__main__":

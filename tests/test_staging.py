@@ -27,10 +27,11 @@ from test_storage import bucket_files
 from configs import base
 from ramen_jax import storage
 from ramen_jax.convert import model_io
-from ramen_jax.data import data_location, pipeline, staging
+from ramen_jax.data import pipeline, staging
 from ramen_jax.data.sources import RecordSource, SourceConfigError
 from ramen_jax.evaluate import __main__ as evaluate_cli
 from ramen_jax.evaluate import datasets
+from ramen_jax.perf import data_location
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +144,7 @@ def test_training_batches_from_a_bucket_equal_the_local_ones(records, gcs_bucket
     config = base.get_config()
     config.data.datasets = {"mmearth": base.paper_datasets().mmearth}
     config.data.datasets["mmearth"].source.path = url
-    located = data_location.locate_data(config, tmp_path, say=lambda text: None)
+    located = data_location.locate_data(config, say=lambda text: None)
     assert located == {"mmearth": ("real", url)}
 
 
@@ -211,7 +212,7 @@ def test_evaluate_reads_and_writes_a_bucket(records, gcs_bucket, tmp_path, capsy
         "note": "",
     }
 
-    # the modalities from a JSON description in the bucket instead of the converter's SPEC
+    # the modalities from a JSON description in the bucket instead of the catalog's
     described = {"s2": {"kind": "optical", "channels": [490.0] * 13, "gsd": 10, "side": 64}}
     storage.write_text(f"{gcs_bucket}/modalities.json", json.dumps(described))
     data = datasets.load_records(

@@ -288,9 +288,23 @@ SUBPROCESS_CASES = {
         ],
         "hdfs2://cluster/cache: no file system for hdfs2://",
     ),  # fmt: skip
-    "data_bench_without_config": (["ramen_jax.data.bench", "--batches", "2"], "--config"),
+    "data_bench_without_config": (["ramen_jax.perf.data_bench", "--batches", "2"], "--config"),
     "bench_missing_config": (
-        ["ramen_jax.bench", "--config", "missing.py"],
+        ["ramen_jax.perf.step_bench", "--config", "missing.py"],
+        "no such config file",
+    ),
+    # every perf tool: absl flags with underscore names, mistakes as one line
+    "data_bench_dashed_flag": (
+        ["ramen_jax.perf.data_bench", "--config", DEMO, "--batches", "1", "--num-workers", "2"],
+        "num-workers",
+    ),
+    "aot_check_without_config": (["ramen_jax.perf.aot_check", "--topology", "cpu:1"], "--config"),
+    "aot_check_bad_topology": (
+        ["ramen_jax.perf.aot_check", "--config", DEMO, "--topology", "v5e"],
+        "expected KIND:DIMS",
+    ),
+    "compile_check_missing_config": (
+        ["ramen_jax.perf.compile_check", "--config", "missing.py", "--workdir", "{wd}"],
         "no such config file",
     ),
     "mmearth_truncated_h5": (

@@ -45,46 +45,33 @@ import rasterio.warp
 from bigearthnet_common.constants import NEW_LABELS, OLD2NEW_LABELS_DICT
 from rasterio.io import MemoryFile
 
+from ramen_jax.data import catalog
+
 S2_ARCHIVE = "BigEarthNet-S2-Example.tar.bz2"
 S1_ARCHIVE = "BigEarthNet-S1-Example.tar.bz2"
-PATCH_SIZE_M = 1200
+PATCH_SIZE_M = catalog.DEMO_PATCH_SIZE_M
 
-S2_BAND_WAVELENGTH_NM = {
-    "B01": 443.0, "B02": 490.0, "B03": 560.0, "B04": 665.0, "B05": 705.0, "B06": 740.0,
-    "B07": 783.0, "B08": 842.0, "B8A": 865.0, "B09": 945.0, "B11": 1610.0, "B12": 2190.0,
-}  # fmt: skip
+# The modalities (channels, GSD, side) are described in ``ramen_jax.data.catalog``; here, the
+# archive's band files of each, in the catalog's channel order.
 S2_GROUP_BANDS = {
     "s2_10m": ("B02", "B03", "B04", "B08"),
     "s2_20m": ("B05", "B06", "B07", "B8A", "B11", "B12"),
     "s2_60m": ("B01", "B09"),
 }
-S2_GROUP_GSD = {"s2_10m": 10, "s2_20m": 20, "s2_60m": 60}
 S1_POLARISATIONS = ("VV", "VH")
-S1_GSD = 10
-# Majority orbit of the six pairs (see module docstring); one patch is really ascending.
-S1_ORBIT_KEY_PREFIX = "des"
-
-
-def _optical_modality(group: str) -> dict:
-    gsd = S2_GROUP_GSD[group]
-    return {
-        "kind": "optical",
-        "channels": [S2_BAND_WAVELENGTH_NM[band] for band in S2_GROUP_BANDS[group]],
-        "gsd": gsd,
-        "side": PATCH_SIZE_M // gsd,
-        "time_series": False,
-    }
-
+_CATALOG = {modality.name: modality for modality in catalog.BIGEARTHNET_DEMO}
+S2_GROUP_GSD = {group: _CATALOG[group].gsd for group in S2_GROUP_BANDS}
+S1_GSD = _CATALOG["s1"].gsd
 
 DEMO_MODALITIES = {
-    **{group: _optical_modality(group) for group in S2_GROUP_BANDS},
-    "s1": {
-        "kind": "sar",
-        "channels": [f"{S1_ORBIT_KEY_PREFIX}_{pol.lower()}" for pol in S1_POLARISATIONS],
-        "gsd": S1_GSD,
-        "side": PATCH_SIZE_M // S1_GSD,
-        "time_series": False,
-    },
+    m.name: {
+        "kind": m.kind,
+        "channels": list(m.channels),
+        "gsd": m.gsd,
+        "side": m.side,
+        "time_series": m.time_series,
+    }
+    for m in catalog.BIGEARTHNET_DEMO
 }
 
 # The 19-class BigEarthNet nomenclature, sorted (the package's and torchgeo's order).

@@ -45,7 +45,7 @@ from ramen_jax.data import temporal_dropout
 from ramen_jax.data.sources import SourceConfigError, make_source
 
 # Dates per series assumed for the shapes of a dataset whose data is not on this machine (a
-# config checked ahead of time, ``ramen_jax.tools.aot_check``); the 16 slots of earlier configs.
+# config checked ahead of time, ``ramen_jax.perf.aot_check``); the 16 slots of earlier configs.
 UNKNOWN_TIME_STEPS = 16
 
 
@@ -79,6 +79,21 @@ class DatasetPipeline:
         side = geometry.grid_side(self.specs[0].side, self.specs[0].gsd, gsd)
         tokens, series = sequence_lengths(self.specs, kept_names, side)
         return buckets_lib.pick_bucket(self.buckets, tokens, series)
+
+    def layout(self, kept: tuple, gsd: float, mask_ratio: float) -> Layout:
+        """The layout of a draw keeping modalities ``kept`` (indices) at ``gsd``, padded to
+        its token bucket."""
+        names = [self.specs[i].name for i in kept]
+        bucket = self.bucket(names, gsd)
+        return build_layout(
+            self.specs,
+            names,
+            gsd,
+            grid_pad=self.grid_pad,
+            token_bucket=bucket.tokens,
+            series_bucket=bucket.series,
+            mask_ratio=mask_ratio,
+        )
 
 
 def modality_specs(modalities_config) -> tuple:
@@ -295,18 +310,7 @@ class StepBatches:
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 (bounded; a few hundred step signatures)
     def layout(self, dataset_index: int, gsd: float, kept: tuple) -> Layout:
-        d = self.datasets[dataset_index]
-        names = [d.specs[i].name for i in kept]
-        bucket = d.bucket(names, gsd)
-        return build_layout(
-            d.specs,
-            names,
-            gsd,
-            grid_pad=d.grid_pad,
-            token_bucket=bucket.tokens,
-            series_bucket=bucket.series,
-            mask_ratio=self.mask_ratio,
-        )
+        return self.datasets[dataset_index].layout(kept, gsd, self.mask_ratio)
 
     def draw(self, step: int) -> plan_lib.StepDraw:
         return self.plan(step)

@@ -11,8 +11,9 @@ picklable so Grain worker processes can hold them. Registered by ``type`` in ``S
 - ``demo``: the six real BigEarthNet patches bundled with ``bigearthnet-common``
   (``ramen_jax.data.demo``), randomly cropped (same ground footprint in every modality) and
   flipped at every draw: an endless stream from a handful of patches;
-- ``records``: a dataset converted by ``data_prep`` (ArrayRecord + ``stats.json``). Statistics
-  keyed ``<m>_<product>`` are used when a sample carries ``<m>_product`` (MMEarth L1C / L2A).
+- ``records``: a dataset converted by ``data_prep``, in the format of
+  ``ramen_jax.data.records`` (ArrayRecord + ``stats.json``). Statistics keyed
+  ``<m>_<product>`` are used when a sample carries ``<m>_product`` (MMEarth L1C / L2A).
   ``norm_path`` (a folder, may be a URL) takes mean / std from its ``NORM_<key>_patch.json``
   files instead, the original's format: its published statistics, or those a run trained with.
   ``partition`` < 1 reads only that share of the split: a random subset fixed by
@@ -28,7 +29,8 @@ import os
 import numpy as np
 
 from ramen_jax import storage
-from ramen_jax.data import demo, staging
+from ramen_jax.data import catalog, demo, staging
+from ramen_jax.data import records as records_format
 
 
 class SourceConfigError(ValueError):
@@ -68,13 +70,8 @@ class DemoSource:
     @staticmethod
     def modalities(crop_fraction: float = 0.6) -> dict:
         """The demo's modality descriptions at the cropped sides."""
-        out = {}
-        for name, spec in demo.DEMO_MODALITIES.items():
-            full = spec["side"]
-            coarse = demo.PATCH_SIZE_M // 60
-            side = max(1, round(coarse * crop_fraction)) * (full // coarse)
-            out[name] = {**spec, "side": side}
-        return out
+        sides = catalog.demo_crop_sides(crop_fraction)
+        return {name: {**spec, "side": sides[name]} for name, spec in demo.DEMO_MODALITIES.items()}
 
 
 PARTITION_SEED = 0x60  # the same partition in every run and on every host
@@ -114,14 +111,12 @@ class RecordSource:
                     f"dataset directory {self.path!r} does not exist: convert the dataset with "
                     "python -m data_prep.<name> first (docs/data_prep.md)"
                 )
-            from data_prep import common  # the converters' package; TFDS only, no TensorFlow
-
             # stats first: Grain reads from several threads
             try:
-                self._stats = common.load_stats(self.local_path, self.norm_path)
+                self._stats = records_format.load_stats(self.local_path, self.norm_path)
             except (OSError, ValueError) as e:
                 raise SourceConfigError(f"dataset {self.path}: {e}") from e
-            records = common.load_split(self.local_path, self.split)
+            records = records_format.load_split(self.local_path, self.split)
             if self.partition < 1.0:
                 count = max(1, round(self.partition * len(records)))
                 order = np.random.default_rng(PARTITION_SEED).permutation(len(records))
@@ -148,10 +143,8 @@ class RecordSource:
     def time_steps(self, names) -> dict:
         """From the converter's ``time_steps.json``; a dataset converted before it existed is
         scanned once (every record read)."""
-        from data_prep import common
-
         records = self._open()
-        stored = common.load_time_steps(self.local_path, self.split) or {}
+        stored = records_format.load_time_steps(self.local_path, self.split) or {}
         kept = np.arange(len(records)) if self._kept is None else self._kept
         out = {}
         for name in names:

@@ -9,10 +9,10 @@ Sources (``DATASETS``, chosen with ``--data``):
   crop of a test patch is seen in training. Normalisation statistics come from the training
   patches only. Six patches (four distinct label sets in training) only demonstrate the
   machinery; the numbers mean nothing about the model.
-- ``records``: any dataset written by ``data_prep`` (``data_prep.common.load_split``), read
-  through ``ramen_jax.data.sources.RecordSource`` (its ``stats.json``, per-product statistics
-  included). The modalities come from the converter's ``SPEC`` (found by the dataset's name in
-  ``dataset_info.json``; the kind is inferred from the channel descriptors) or from a JSON
+- ``records``: any dataset written by ``data_prep`` (the format of ``ramen_jax.data.records``),
+  read through ``ramen_jax.data.sources.RecordSource`` (its ``stats.json``, per-product
+  statistics included). The modalities come from ``ramen_jax.data.catalog`` (found by the
+  dataset's name in ``dataset_info.json``) or from a JSON
   description ``{name: {kind, channels, gsd, side[, time_series]}}``. Labels are read from
   ``label_key``.
 
@@ -24,18 +24,16 @@ left out), a 0/1 vector multi-label, a 2-D (or ``[1, H, W, 1]``) array segmentat
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 
 import numpy as np
 
 from ramen_jax import sensors, storage
-from ramen_jax.data import demo, pipeline
+from ramen_jax.data import catalog, demo, pipeline, records
 from ramen_jax.data.sources import DemoSource, RecordSource
-from ramen_jax.encode.inputs import EncodeError, infer_kind
+from ramen_jax.encode.inputs import EncodeError
 
 MULTILABEL, MULTICLASS, SEGMENTATION = "multilabel", "multiclass", "segmentation"
-DATA_PREP_MODULES = ("data_prep.mmearth", "data_prep.flairhub", "data_prep.worldstrat")
 
 
 @dataclasses.dataclass
@@ -129,30 +127,18 @@ def load_demo(
     )
 
 
-def data_prep_specs(data_dir, max_time_steps: int) -> tuple:
-    """Modality specs of a ``data_prep`` dataset, from its converter's ``SPEC``."""
-    info_path = storage.as_path(data_dir) / "dataset_info.json"
+def catalog_specs(data_dir, max_time_steps: int) -> tuple:
+    """Modality specs of a converted dataset, from ``ramen_jax.data.catalog`` (looked up by the
+    name in its ``dataset_info.json``)."""
+    info_path = storage.as_path(data_dir) / records.INFO_FILES[-1]
     if not info_path.is_file():
-        raise EncodeError(f"{data_dir} is not a data_prep dataset (no dataset_info.json)")
+        raise EncodeError(f"{data_dir} is not a data_prep dataset (no {records.INFO_FILES[-1]})")
     name = json.loads(info_path.read_text())["name"]
-    specs = {}
-    for module in DATA_PREP_MODULES:
-        spec = importlib.import_module(module).SPEC
-        specs[spec.name] = spec
-    if name not in specs:
-        raise EncodeError(f"unknown dataset {name!r} (known: {sorted(specs)}); pass --modalities")
-    return tuple(
-        sensors.modality(
-            m.name,
-            infer_kind(m.channels),
-            m.channels,
-            m.gsd,
-            m.side,
-            m.time_series,
-            max_time_steps,
+    if name not in catalog.DATASETS:
+        raise EncodeError(
+            f"unknown dataset {name!r} (known: {sorted(catalog.DATASETS)}); pass --modalities"
         )
-        for m in specs[name].modalities
-    )
+    return tuple(m.spec(max_time_steps) for m in catalog.DATASETS[name])
 
 
 def _label_of(sample: dict, label_key: str, where: str):
@@ -211,7 +197,7 @@ def load_records(
             for k, v in described.items()
         )
     else:
-        specs = data_prep_specs(data_dir, max_time_steps)
+        specs = catalog_specs(data_dir, max_time_steps)
     rng = np.random.default_rng([seed, 0x5EC0])
     # one source per split: a dataset at a URL is checked against its local copy once
     sources = {

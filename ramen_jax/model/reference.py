@@ -5,7 +5,7 @@ The product computes reconstructions on the token grid and resizes only the C ou
 native pixel (bilinear by ``g / gsd``, then a size-based resize to the native side when needed),
 applies the expert mixture there, and projects to C channels last. ``original_order_recon``
 does exactly that, so tests can show both orders compute the same function and
-``python -m ramen_jax.bench`` can measure what the refactor saves.
+``python -m ramen_jax.perf.step_bench`` can measure what the refactor saves.
 """
 
 from __future__ import annotations

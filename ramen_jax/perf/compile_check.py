@@ -22,8 +22,9 @@ so a 2-core, 24 GB CPU gets through 1,000 steps (WorldStrat at 5 m has 12,168 to
 default, chunked attention, is what keeps it in memory); shapes depend on the
 data config, not on the model width, the attention implementation or the batch size. On a small
 CPU, ``XLA_FLAGS=--xla_backend_optimization_level=0`` shortens compiling without changing which
-programs exist. Absent datasets run on ``data_prep`` stand-ins, as in
-``python -m ramen_jax.data.bench`` (it says so).
+programs exist. A records dataset must exist at its path: real data, or stand-ins written by
+``python -m data_prep.standins --config configs/base.py --workdir DIR`` and passed with
+``--flagfile=DIR/standins.flags`` (the tool says which it reads).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from ramen_jax.data import data_location
+from ramen_jax import cli
+from ramen_jax.perf import data_location
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "Config file.")
 _STEPS = flags.DEFINE_integer("steps", 1000, "Steps of the first run.", lower_bound=2)
@@ -62,9 +64,9 @@ SMALL_MODEL = {
 
 
 def overrides(config, workdir: pathlib.Path, steps: int, every: int, small: bool) -> list[str]:
-    """``--config.*`` flags for both runs (data located once, stand-ins where needed)."""
+    """``--config.*`` flags for both runs (what each dataset reads is said once)."""
     say = lambda line: print(line, flush=True)  # noqa: E731
-    data_location.locate_data(config, workdir / "data", say)
+    data_location.locate_data(config, say)
     flags_out = [
         f"--config.total_steps={steps}",
         f"--config.compilation_cache_dir={workdir / 'xla_cache'}",
@@ -151,20 +153,24 @@ def compile_check(
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        sys.exit(cli.report(f"unexpected arguments: {argv[1:]}", cli.USAGE_EXIT_CODE))
     config_flag = flags.FLAGS["config"]
     config_arg = config_flags.get_config_filename(config_flag)
     user = [f"--config.{k}={v}" for k, v in config_flags.get_override_values(config_flag).items()]
-    result = compile_check(
-        _CONFIG.value,
-        config_arg,
-        _WORKDIR.value,
-        _STEPS.value,
-        _RESTART.value,
-        _SMALL.value,
-        _MAX_SHAPES.value,
-        user,
-    )
+    try:
+        result = compile_check(
+            _CONFIG.value,
+            config_arg,
+            _WORKDIR.value,
+            _STEPS.value,
+            _RESTART.value,
+            _SMALL.value,
+            _MAX_SHAPES.value,
+            user,
+        )
+    except data_location.MissingDataError as error:
+        sys.exit(cli.report(error))
     print(
         f"first run : {result['steps']} steps, {result['distinct_shapes']} distinct step shapes "
         f"(budget {result['max_shapes']}), {result['run1_xla_compiles']} XLA programs built "
@@ -183,4 +189,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=lambda argv: cli.parse_absl_flags(argv, _CONFIG))

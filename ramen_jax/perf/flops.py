@@ -3,8 +3,8 @@
 Counts the matrix products (2 FLOPs per multiply-add) of the forward pass exactly as the code
 computes them (flat tokens incl. padding, the refactored decoder head), and takes the backward
 pass as twice the forward (the usual 3x rule for matmul-dominated training). Elementwise work
-(norms, softmax, the loss, the optimiser) is left out; ``python -m ramen_jax.bench`` reports
-XLA's own count of everything next to it as a cross-check.
+(norms, softmax, the loss, the optimiser) is left out; ``python -m ramen_jax.perf.step_bench``
+reports XLA's own count of everything next to it as a cross-check.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import time
 import jax
 import numpy as np
 
-from ramen_jax.batch import Batch, HostBatch, build_layout
+from ramen_jax.batch import Batch, HostBatch, Layout
 from ramen_jax.data import pipeline
 from ramen_jax.training import sharding
 
@@ -38,8 +38,8 @@ def configure_compilation_cache(setting: str, workdir: str) -> str | None:
     ``setting`` is ``compilation_cache_dir``: a directory (local or gs://); ``"off"``; or
     ``""`` (the default): the cache JAX is already configured with (``JAX_COMPILATION_CACHE_DIR``)
     if any, else ``WORKDIR/compilation_cache``, shared by every process and every relaunch of
-    the run. Programs are cached however fast they compiled: ``programs.ProgramCache`` relies on
-    the cache to bring back the executables it drops.
+    the run. Programs are cached however fast they compiled: ``programs.MapLimitedPrograms``
+    relies on the cache to bring back the executables it drops.
     """
     if setting == "off":
         jax.config.update("jax_enable_compilation_cache", False)
@@ -56,36 +56,47 @@ def _abstract(array, where) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(np.shape(array), np.asarray(array).dtype, sharding=where)
 
 
-def _host_batch(dataset: pipeline.DatasetPipeline, rows: int, time_slots: int, layout) -> Batch:
-    """The batch arrays as ``StepBatches`` makes them (``prepare_sample``'s dtypes)."""
-    out = Batch(pixels={}, dates={}, time_valid={}, layout=layout)
+def shape_batch(
+    dataset: pipeline.DatasetPipeline, layout: Layout, rows: int, time_slots: int
+) -> HostBatch:
+    """A host batch of ``rows`` samples with abstract arrays (``ShapeDtypeStruct``s, the
+    dtypes ``prepare_sample`` gives) and a real ``layout``: the one place a batch is built
+    without data (the benchmarks fill it with ``ramen_jax.perf.synthetic``)."""
+    batch = Batch(pixels={}, dates={}, time_valid={}, layout=layout)
     for spec in dataset.specs:
         slots = time_slots if spec.time_series else 1
-        out.pixels[spec.name] = jax.ShapeDtypeStruct(
+        batch.pixels[spec.name] = jax.ShapeDtypeStruct(
             (rows, slots, spec.side, spec.side, spec.num_channels), np.float32
         )
-        out.dates[spec.name] = jax.ShapeDtypeStruct((rows, slots), np.int32)
-        out.time_valid[spec.name] = jax.ShapeDtypeStruct((rows, slots), np.bool_)
-    return out
+        batch.dates[spec.name] = jax.ShapeDtypeStruct((rows, slots), np.int32)
+        batch.time_valid[spec.name] = jax.ShapeDtypeStruct((rows, slots), np.bool_)
+    return HostBatch(dataset.name, batch)
+
+
+def bucket_draws(dataset: pipeline.DatasetPipeline) -> list[tuple]:
+    """``(token bucket, effective GSD, kept modality indices)`` for every token bucket a run of
+    ``dataset`` can meet, each with the first draw (GSDs in order, then modality subsets by
+    size) that lands in it: the layout's shapes depend only on the bucket, so that draw's
+    layout stands for all of them. Buckets in the order that enumeration first meets them."""
+    draws = {}
+    for gsd in dataset.gsds:
+        for size in range(1, len(dataset.specs) + 1):
+            for kept in itertools.combinations(range(len(dataset.specs)), size):
+                names = [dataset.specs[i].name for i in kept]
+                draws.setdefault(dataset.bucket(names, gsd), (gsd, kept))
+    return [(bucket, gsd, kept) for bucket, (gsd, kept) in draws.items()]
 
 
 def step_shapes(batches: pipeline.StepBatches) -> list[HostBatch]:
-    """One host batch (of this process, arrays abstract) per step signature the run can meet."""
-    found = {}
+    """One host batch (of this process, arrays abstract) per step signature the run can meet:
+    dataset x token bucket x time bucket."""
+    out = []
     for index, dataset in enumerate(batches.datasets):
         rows = len(batches.shards.positions(0, dataset.global_batch))
-        for gsd in dataset.gsds:
-            for size in range(1, len(dataset.specs) + 1):
-                for kept in itertools.combinations(range(len(dataset.specs)), size):
-                    names = [dataset.specs[i].name for i in kept]
-                    for time_slots in dataset.time_buckets:
-                        key = (dataset.name, dataset.bucket(names, gsd), time_slots)
-                        if key not in found:
-                            layout = batches.layout(index, gsd, kept)
-                            found[key] = HostBatch(
-                                dataset.name, _host_batch(dataset, rows, time_slots, layout)
-                            )
-    return list(found.values())
+        for _, gsd, kept in bucket_draws(dataset):
+            layout = batches.layout(index, gsd, kept)
+            out += [shape_batch(dataset, layout, rows, t) for t in dataset.time_buckets]
+    return out
 
 
 def largest_step_shapes(
@@ -94,33 +105,26 @@ def largest_step_shapes(
     """Host batches (shapes only) for each dataset's ``per_dataset`` largest token buckets
     (0: all of them), each with its largest time bucket, or every time bucket with
     ``every_time_bucket``: ``largest_step_shapes(datasets, r, 0, True)`` is every step shape
-    of the run (dataset x token bucket x time bucket), the set ``step_shapes`` enumerates, with
-    global batches and no ``StepBatches`` (for ``ramen_jax.tools.aot_check``). A bucket's
-    layout is that of a draw (GSD, modalities) that lands in it, as the pipeline builds it."""
+    of the run, the set ``step_shapes`` enumerates (``bucket_draws``), largest first, with
+    global batches and no ``StepBatches`` (for ``ramen_jax.perf.aot_check``)."""
     out = []
     for d in datasets:
-        draws = {}  # bucket -> the first (gsd, modality names) that lands in it
-        for gsd in d.gsds:
-            for size in range(1, len(d.specs) + 1):
-                for kept in itertools.combinations(d.specs, size):
-                    names = [s.name for s in kept]
-                    draws.setdefault(d.bucket(names, gsd), (gsd, names))
-        buckets = sorted(draws, key=lambda b: (b.tokens, b.series), reverse=True)
+        draws = sorted(bucket_draws(d), key=lambda x: (x[0].tokens, x[0].series), reverse=True)
         times = sorted(d.time_buckets, reverse=True)
-        for bucket in buckets[: per_dataset or None]:
-            gsd, names = draws[bucket]
-            layout = build_layout(
-                d.specs,
-                names,
-                gsd,
-                grid_pad=d.grid_pad,
-                token_bucket=bucket.tokens,
-                series_bucket=bucket.series,
-                mask_ratio=mask_ratio,
-            )
+        for _, gsd, kept in draws[: per_dataset or None]:
+            layout = d.layout(kept, gsd, mask_ratio)
             for slots in times if every_time_bucket else times[:1]:
-                out.append(HostBatch(d.name, _host_batch(d, d.global_batch, slots, layout)))
+                out.append(shape_batch(d, layout, d.global_batch, slots))
     return out
+
+
+def abstract_state(trainer):
+    """The trainer's state as ``ShapeDtypeStruct``s carrying its shardings (nothing allocated)."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        jax.eval_shape(trainer.init_state),
+        trainer.state_sharding,
+    )
 
 
 def abstract_device_batch(host_batch: Batch, global_batch: int, mesh, rules) -> Batch:
@@ -142,11 +146,7 @@ def compile_all(trainer, checkpointer, *, previews: bool) -> str:
         mask_ratio=trainer.model_config.mask_ratio,
         shards=sharding.process_batch_shards(trainer.mesh, trainer.rules),
     )
-    state = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        jax.eval_shape(trainer.init_state),
-        trainer.state_sharding,
-    )
+    state = abstract_state(trainer)
     global_batches = {d.name: d.global_batch for d in batches.datasets}
     shapes = step_shapes(batches)
     for host in shapes:

@@ -1,19 +1,21 @@
-"""Compiled step programs, one per batch signature, kept within the host's memory-map limit.
+"""Compiled programs, one per batch signature, compiled ahead of time.
 
-On XLA:CPU every compiled program is linked into the process by LLVM's JIT: about three memory
-mappings per kernel, 1,600-2,400 for one train step of the compile check's small model (more for
-deeper models). Linux caps a process at ``vm.max_map_count`` mappings (65,530 by default); past
-it LLVM fails with "Cannot allocate memory" and the process dies. A run of the paper's mixed
-config meets up to 48 step shapes, which do not all fit.
+``Programs`` compiles each key's program once, from the first arguments that have it, and
+keeps the executable: the loop compiles a new step shape before the hosts agree on it (no host
+waits in a collective while another compiles) and later calls run the kept executable. That is
+all an accelerator needs.
 
-``ProgramCache`` compiles each signature once (ahead of time, from the first batch that has it)
-and keeps the ``jax.stages.Lowered`` program of every signature, but only as many compiled
-executables as the mapping headroom allows: before compiling or loading one, the least recently
-used executables are dropped until the largest program seen so far fits with room to spare.
-Bringing a dropped program back recompiles its kept ``Lowered`` program, which JAX's persistent
-compilation cache (``compilation_cache_dir``) serves without building it again, so the number of
-programs XLA builds stays the number of distinct signatures. On accelerators, and on hosts where
-the limit cannot be read, nothing is ever dropped.
+XLA:CPU needs more: every compiled program is linked into the process by LLVM's JIT, about three
+memory mappings per kernel (1,600-2,400 for one train step of the compile check's small model,
+more for deeper models). Linux caps a process at ``vm.max_map_count`` mappings (65,530 by
+default); past it LLVM fails with "Cannot allocate memory" and the process dies, and the paper's
+mixed config meets up to 48 step shapes. ``MapLimitedPrograms`` keeps the ``jax.stages.Lowered``
+program of every key but only as many executables as the mapping headroom allows: before
+compiling or loading one, the least recently used are dropped until the largest program seen so
+far fits with room to spare. A dropped program that comes back is compiled again from its kept
+``Lowered`` program, which JAX's persistent compilation cache (``compilation_cache_dir``) serves
+without building it again, so XLA builds each distinct signature once. ``for_host`` picks
+``MapLimitedPrograms`` on CPU hosts whose limit it can read, ``Programs`` elsewhere.
 """
 
 from __future__ import annotations
@@ -47,30 +49,15 @@ def mapped_regions() -> int:
         return sum(1 for _ in f)
 
 
-class ProgramCache:
-    """Ahead-of-time compiled programs by key, least recently used dropped under map pressure.
+class Programs:
+    """Ahead-of-time compiled executables by key, all kept.
 
-    ``cache(key, jitted, *args)`` runs ``jitted``'s executable for ``key`` on ``args``; ``args``
-    must have the shapes and shardings every call with that key will have.
+    ``programs(key, jitted, *args)`` runs ``jitted``'s executable for ``key`` on ``args``;
+    ``args`` must have the shapes and shardings every call with that key will have.
     """
 
-    def __init__(
-        self,
-        limit: int | None = None,
-        *,
-        count_maps: Callable[[], int] = mapped_regions,
-        reserve: int = RESERVE_MAPS,
-        first_guess: int = FIRST_PROGRAM_GUESS,
-    ):
-        self.limit = limit
-        self.count_maps = count_maps
-        self.reserve = reserve
-        self.first_guess = first_guess
-        self.lowered: dict[Hashable, jax.stages.Lowered] = {}
+    def __init__(self):
         self.resident: collections.OrderedDict = collections.OrderedDict()
-        self.largest_program = 0  # mappings added by the largest program so far
-        self.dropped = 0
-        self.reloads = 0
 
     def __call__(self, key: Hashable, jitted, *args):
         executable = self.resident.get(key)
@@ -82,8 +69,41 @@ class ProgramCache:
     def prepare(self, key: Hashable, jitted, *args) -> None:
         """Compiles ``key``'s program before its first call; ``args`` may be abstract
         (``jax.ShapeDtypeStruct`` with the shardings the real arguments will have)."""
-        if key not in self.resident and key not in self.lowered:
+        if key not in self.resident:
             self._load(key, jitted, args)
+
+    def _load(self, key, jitted, args):
+        executable = self.resident[key] = jitted.lower(*args).compile()
+        return executable
+
+    def stats(self) -> dict:
+        return {"programs_resident": len(self.resident)}
+
+
+class MapLimitedPrograms(Programs):
+    """``Programs`` that drops the least recently used executables under map pressure."""
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        count_maps: Callable[[], int] = mapped_regions,
+        reserve: int = RESERVE_MAPS,
+        first_guess: int = FIRST_PROGRAM_GUESS,
+    ):
+        super().__init__()
+        self.limit = limit
+        self.count_maps = count_maps
+        self.reserve = reserve
+        self.first_guess = first_guess
+        self.lowered: dict[Hashable, jax.stages.Lowered] = {}
+        self.largest_program = 0  # mappings added by the largest program so far
+        self.dropped = 0
+        self.reloads = 0
+
+    def prepare(self, key: Hashable, jitted, *args) -> None:
+        if key not in self.lowered:
+            super().prepare(key, jitted, *args)
 
     def _load(self, key, jitted, args):
         lowered = self.lowered.get(key)
@@ -92,18 +112,15 @@ class ProgramCache:
         else:
             self.reloads += 1
         self._make_room()
-        before = self.count_maps() if self.limit else 0
+        before = self.count_maps()
         # compiler_options={} (the same options): the Lowered object does not keep a reference
         # to what it compiles, so a dropped executable is really freed
         executable = lowered.compile(compiler_options={})
-        if self.limit:
-            self.largest_program = max(self.largest_program, self.count_maps() - before)
+        self.largest_program = max(self.largest_program, self.count_maps() - before)
         self.resident[key] = executable
         return executable
 
     def _make_room(self) -> None:
-        if not self.limit:
-            return
         need = int(1.25 * (self.largest_program or self.first_guess)) + self.reserve
         before = self.dropped
         while self.resident and self.count_maps() + need > self.limit:
@@ -131,13 +148,14 @@ class ProgramCache:
 
     def stats(self) -> dict:
         return {
-            "programs_resident": len(self.resident),
+            **super().stats(),
             "programs_dropped": self.dropped,
             "programs_reloaded": self.reloads,
         }
 
 
-def cache_for(limit: int | None) -> ProgramCache:
-    """``limit`` mappings if given (``program_map_limit`` in the config), else the host's
-    ``vm.max_map_count`` on CPU and no limit elsewhere."""
-    return ProgramCache(limit or map_limit())
+def for_host(limit: int | None) -> Programs:
+    """``MapLimitedPrograms`` under ``limit`` mappings (``program_map_limit`` in the config) or
+    the host's ``vm.max_map_count`` on CPU; plain ``Programs`` where neither applies."""
+    limit = limit or map_limit()
+    return MapLimitedPrograms(limit) if limit else Programs()

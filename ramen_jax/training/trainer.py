@@ -1,12 +1,14 @@
-"""``train_and_evaluate(config, workdir)``: the MAE pretraining loop.
+"""``train(config, workdir)``: checks the config, locks the workdir and runs a ``Trainer``.
 
-One code path for a laptop CPU, one GPU, simulated CPU devices and every host of a TPU slice:
-mesh and sharding rules from the config, parameters created sharded, one jitted step per batch
-signature (dataset x token bucket) with donated state, metrics fetched to the host only every
-``log_every_steps``, Orbax checkpoints (async, keep-last-k, on SIGTERM, automatic resume),
-validation on held-out splits with keep-best-k checkpoints (``validation``), TensorBoard
-scalars and PNG reconstruction previews. A NaN/inf loss stops the run, naming the
-step and modality, before anything after the last good checkpoint is saved.
+``Trainer`` holds a run's compiled pieces (state init, one jitted step per dataset, previews);
+``ramen_jax.training.loop.TrainingRun`` is the loop itself. One code path for a laptop CPU, one
+GPU, simulated CPU devices and every host of a TPU slice: mesh and sharding rules from the
+config, parameters created sharded, one jitted step per batch signature (dataset x token
+bucket) with donated state, metrics fetched to the host only every ``log_every_steps``, Orbax
+checkpoints (async, keep-last-k, on SIGTERM, automatic resume), validation on held-out splits
+with keep-best-k checkpoints (``validation``), TensorBoard scalars and PNG reconstruction
+previews. A NaN/inf loss stops the run, naming the step and modality, before anything after the
+last good checkpoint is saved.
 """
 
 from __future__ import annotations
@@ -31,20 +33,18 @@ from ramen_jax.training import (
     checkpointing,
     compile_stats,
     config_checks,
-    host_sync,
+    loop,
     precompile,
     previews,
     process_agreement,
     programs,
     reporting,
-    run_identity,
     run_length,
     sharding,
-    validation,
     workdir_lock,
 )
 from ramen_jax.training import step as step_lib
-from ramen_jax.training.failures import PREEMPTED_EXIT_CODE, Preempted, RunError
+from ramen_jax.training.failures import Preempted, RunError
 from ramen_jax.training.optimizer import TorchAdamWState, learning_rate_schedule, torch_adamw
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
@@ -122,13 +122,6 @@ def load_init_from(directory: str, state: step_lib.TrainState, reporter) -> step
     return state._replace(params=params, batch_stats=stats)
 
 
-def describe_step(host_batch) -> str:
-    """What a step runs, for messages that compare hosts."""
-    batch = host_batch.batch
-    rows = batch.batch_size
-    return f"{host_batch.dataset} ({batch.layout.length} token slots, {rows} local rows)"
-
-
 class Trainer:
     """Holds the compiled pieces of a run; ``run()`` is the loop."""
 
@@ -178,7 +171,7 @@ class Trainer:
         self._steps = {}
         self._previews = {}
         self.compiled_signatures: set = set()
-        self.programs = programs.cache_for(config.get("program_map_limit"))
+        self.programs = programs.for_host(config.get("program_map_limit"))
 
     def init_state(self) -> step_lib.TrainState:
         """Fresh state, created directly with its shardings (jitted once per trainer)."""
@@ -248,169 +241,8 @@ class Trainer:
         return self._previews[dataset]
 
     def run(self) -> step_lib.TrainState:
-        config, workdir = self.config, self.workdir
-        reporter = reporting.Reporter(workdir, config.total_steps, 0, config.workdir_sync_seconds)
-        validator = validation.Validator(self) if validation.enabled(config) else None
-        settings = dict(config.checkpoint)
-        keep_best = settings.pop("keep_best", 0)
-        if keep_best and validator is None:
-            logging.warning(
-                "checkpoint.keep_best=%d keeps nothing: validation is off (eval.every_steps=-1)",
-                keep_best,
-            )
-            keep_best = 0
-        ckpt = checkpointing.Checkpointer(workdir, **settings)
-        best = checkpointing.BestCheckpoints(workdir, keep_best) if keep_best else None
-        config_json = run_identity.config_json(config)
-        identity = run_identity.identity(
-            config_json, {d.name: d.global_batch for d in self.datasets}
-        )
-        try:
-            restored = ckpt.restore_newest_intact(self.abstract_state(), identity)
-        except RunError:
-            ckpt.close()
-            reporter.close()
-            raise
-        if restored is not None:
-            state, meta = restored
-            reporter.message(
-                f"resumed from {ckpt.directory}/{ckpt.newest_complete} "
-                f"(data position {meta['next_step']})"
-            )
-        else:
-            state = self.init_state()
-            if config.init_from:
-                state = load_init_from(config.init_from, state, reporter)
-        if jax.process_index() == 0:
-            run_identity.write_record(workdir, config_json, identity)
-        if config.get("precompile"):
-            reporter.message(
-                precompile.compile_all(self, ckpt, previews=bool(config.preview_every_steps))
-            )
-        start = int(jax.device_get(state.step))
-        shards = sharding.process_batch_shards(self.mesh, self.rules)
-        global_batch = {d.name: d.global_batch for d in self.datasets}
-        for d in self.datasets:
-            logging.info(
-                "process %d/%d reads %d of the %d samples of each %s batch",
-                jax.process_index(),
-                jax.process_count(),
-                len(shards.positions(0, d.global_batch)),
-                d.global_batch,
-                d.name,
-            )
-        reporter.last_step = start
-
-        batches = pipeline.StepBatches(
-            self.datasets,
-            seed=config.seed,
-            mask_ratio=self.model_config.mask_ratio,
-            shards=shards,
-            mask_time_padding=config.data.get("time_padding", "mask") == "mask",
-            mixing=config.data.get("mixing", "weights"),
-        )
-        iterator = pipeline.make_iterator(
-            batches,
-            config.total_steps,
-            start_step=start,
-            num_workers=config.data.num_workers,
-            num_threads=config.data.get("num_threads", 2),
-            prefetch=config.data.get("prefetch", 4),
-        )
-        sync = host_sync.HostSync(
-            every_steps=config.host_sync.every_steps,
-            timeout_s=config.host_sync.timeout_s,
-            start_step=start,
-        )
-        signals = host_sync.StopSignals().__enter__()
-        saved_step = start if restored is not None else None
-        shapes_run: set = set()  # this run's step shapes so far: alike on every host
-        pending: list = []
-        compiles = compile_stats.counter()
-
-        def flush(step):
-            """Fetches the pending metrics, stops on NaN/inf, logs their mean over the window
-            (per-modality losses over the steps that kept the modality)."""
-            window = [(s, jax.device_get(m)) for s, m in pending]
-            for s, host in window:
-                reporting.check_finite(s, host)
-            if window:
-                reporter.log(
-                    step,
-                    reporting.window_mean([m for _, m in window]),
-                    {
-                        "compiles": len(self.compiled_signatures),
-                        **compiles.snapshot(),
-                        **self.programs.stats(),
-                    },
-                )
-            pending.clear()
-
-        def save(step, wait=False):
-            nonlocal saved_step
-            if step == saved_step:
-                return
-            saved_step = step
-            flush(step)
-            meta = checkpointing.run_meta(step, config.seed, self.model_config, config, identity)
-            ckpt.save(step, state, meta, wait=wait)
-
-        try:
-            for step in range(start, config.total_steps):
-                host_batch = next(iterator)
-                signature = pipeline.signature(host_batch)
-                new_shape = signature not in shapes_run
-                shapes_run.add(signature)
-                batch = sharding.device_batch(host_batch.batch, self.mesh, self.rules)
-                step_fn = self.step_fn(host_batch.dataset)
-                if new_shape:  # compiled before the hosts agree: none waits in a collective
-                    # while another compiles (CPU collectives give up after 30 s)
-                    self.programs.prepare(("step", signature), step_fn, state, batch)
-                if sync.due(step, new_shape) and sync.exchange(
-                    step,
-                    host_sync.signature_digest(signature),
-                    describe_step(host_batch),
-                    stop_requested=signals.received is not None,
-                ):
-                    save(step, wait=True)
-                    reporter.message(
-                        f"{signals.received or 'stop signal on another host'}: checkpoint saved "
-                        f"at step {step}; stopping (exit code {PREEMPTED_EXIT_CODE}: relaunch "
-                        "the same command to resume)"
-                    )
-                    raise Preempted(step)
-                self.compiled_signatures.add(signature)
-                state, metrics = self.programs(("step", signature), step_fn, state, batch)
-                done = step + 1
-                pending.append((done, metrics))
-                reporter.count_tokens(
-                    int(host_batch.batch.layout.token_valid.sum())
-                    * global_batch[host_batch.dataset]
-                )
-                if done % config.log_every_steps == 0 or done == config.total_steps:
-                    flush(done)
-                if config.preview_every_steps and done % config.preview_every_steps == 0:
-                    self.write_preview(state, host_batch, batch, done, signature)
-                if ckpt.should_save(done) or done == config.total_steps:
-                    save(done)
-                if validator is not None and validation.due(config, done):
-                    values = validator.run(state, sync, done)
-                    reporter.log_values(done, values)
-                    if best is not None:
-                        meta = checkpointing.run_meta(
-                            done, config.seed, self.model_config, config, identity
-                        )
-                        best.save(done, state, meta, values["val/loss"])
-            flush(config.total_steps)
-        finally:
-            signals.__exit__()
-            if hasattr(iterator, "close"):  # stops Grain's worker processes now
-                iterator.close()
-            ckpt.close()
-            if best is not None:
-                best.close()
-            reporter.close()
-        return state
+        """Trains from the newest intact checkpoint (or a fresh state) to ``total_steps``."""
+        return loop.TrainingRun(self).run()
 
     def write_preview(self, state, host_batch, batch, step, signature):
         preview_fn = self.preview_fn(host_batch.dataset)
@@ -463,7 +295,7 @@ def run_summary(workdir: str, config) -> str:
     return "\n".join(lines)
 
 
-def train_and_evaluate(config, workdir: str) -> step_lib.TrainState:
+def train(config, workdir: str) -> step_lib.TrainState:
     config_checks.check_config(config)  # before any work, before the workdir exists
     checkpointing.validate_settings(config.checkpoint)
     storage.makedirs(workdir)

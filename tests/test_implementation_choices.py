@@ -1,5 +1,6 @@
-"""Projecting on the token grid (it commutes with resizing) computes the original's function,
-and padding never leaks into valid tokens, with every attention implementation this machine's
+"""Every implementation choice computes the original's function: projecting on the token grid
+(it commutes with resizing), padding (it never leaks into valid tokens), remat, scanned layers
+and chunked attention, with every attention implementation this machine's
 backends offer (the TPU splash kernel in Pallas interpret mode)."""
 
 import jax

@@ -3,9 +3,9 @@ time, without the hardware.
 
   pip install -e ".[tpu]"   # libtpu (a separate venv is fine): TPU programs compile on a CPU host
   export JAX_PLATFORMS=cpu  # compile for the topology, do not look for attached TPUs
-  python -m ramen_jax.tools.aot_check --config configs/base.py --topology v5p:2x2x4
-  python -m ramen_jax.tools.aot_check --config configs/base.py --topology v5e:4x4 --num_slices 2
-  python -m ramen_jax.tools.aot_check --config configs/base.py:debug --topology cpu:8
+  python -m ramen_jax.perf.aot_check --config configs/base.py --topology v5p:2x2x4
+  python -m ramen_jax.perf.aot_check --config configs/base.py --topology v5e:4x4 --num_slices 2
+  python -m ramen_jax.perf.aot_check --config configs/base.py:debug --topology cpu:8
 
 For the config's mesh on the topology's devices (``--num_slices`` copies of the topology joined
 by the data-centre network, the mesh's ``data`` axis spanning them) it reports, per device:
@@ -41,16 +41,20 @@ product of the dimensions is the chip count of one slice), or ``cpu:N``.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
-import math
 import os
 import sys
-import time
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from ramen_jax import cli
+from ramen_jax.model import attention
+from ramen_jax.perf import compiled as compiled_lib
+from ramen_jax.perf import topology as topology_lib
+from ramen_jax.perf.topology import GIB, Chip
+from ramen_jax.training import precompile, run_length, sharding
+from ramen_jax.training.trainer import Trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.")
 _TOPOLOGY = flags.DEFINE_string("topology", "cpu:8", "Target, e.g. v5e:4x4, v5p:2x2x4, cpu:8.")
@@ -72,195 +76,17 @@ _DATASETS = flags.DEFINE_list(
 )
 flags.mark_flags_as_required(["config"])
 
-GIB = 1024**3
-
-
-@dataclasses.dataclass(frozen=True)
-class Chip:
-    hbm_gib: float
-    peak_bf16_flops: float  # per second
-    hbm_bytes_per_s: float
-
-
-# Per-chip figures from Google's Cloud TPU documentation, the system-architecture page of each
-# generation ("TPU v4", "TPU v5e", "TPU v5p", "TPU v6e": peak compute per chip (bf16), HBM
-# capacity and HBM bandwidth), keyed by the device_kind that libtpu reports.
-CHIPS = {
-    "TPU v4": Chip(hbm_gib=32, peak_bf16_flops=275e12, hbm_bytes_per_s=1200e9),
-    "TPU v5 lite": Chip(hbm_gib=16, peak_bf16_flops=197e12, hbm_bytes_per_s=819e9),  # v5e
-    "TPU v5": Chip(hbm_gib=95, peak_bf16_flops=459e12, hbm_bytes_per_s=2765e9),  # v5p
-    "TPU v6 lite": Chip(hbm_gib=32, peak_bf16_flops=918e12, hbm_bytes_per_s=1640e9),  # v6e
-}
-
-
-def parse_topology(name: str) -> tuple[str, int, str]:
-    """``(platform, chip count, dims)`` of a topology name."""
-    kind, _, dims = name.partition(":")
-    if not dims:
-        raise ValueError(f"topology {name!r}: expected KIND:DIMS, e.g. v5e:4x4 or cpu:8")
-    try:
-        count = math.prod(int(d) for d in dims.split("x"))
-    except ValueError:
-        raise ValueError(f"topology {name!r}: dimensions must be integers like 4x4") from None
-    return ("cpu" if kind == "cpu" else "tpu"), count, dims
-
-
-def target_devices(topology: str, slices: int) -> tuple[list | None, str | None]:
-    """The devices to compile for, or ``(None, why not)``."""
-    import jax
-
-    platform, count, _ = parse_topology(topology)
-    if platform == "cpu":
-        devices = jax.devices("cpu")
-        if len(devices) != count * slices:
-            return None, (
-                f"{len(devices)} CPU devices here; run with "
-                f"XLA_FLAGS=--xla_force_host_platform_device_count={count * slices}"
-            )
-        return devices, None
-    # Compiling touches no chip: let several such processes (and a test) load libtpu at once.
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    try:
-        from jax.experimental import topologies
-
-        return topologies.get_topology_desc(topology, "tpu", num_slices=slices).devices, None
-    except Exception as error:  # no libtpu here: shardings only
-        return None, f"cannot compile for {topology} here: {error}"
-
-
-def state_bytes_per_device(trainer) -> dict:
-    """Bytes per device of params / optimiser state / BatchNorm statistics, from shardings."""
-    import jax
-
-    shapes = jax.eval_shape(trainer.init_state)
-    shardings = trainer.state_sharding
-
-    def per_device(tree, sharding_tree):
-        total = 0
-        for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(sharding_tree), strict=True):
-            shard = s.shard_shape(x.shape)
-            total += math.prod(shard) * x.dtype.itemsize
-        return total
-
-    return {
-        "params": per_device(shapes.params, shardings.params),
-        "optimizer": per_device(shapes.opt_state, shardings.opt_state),
-        "batch_stats": per_device(shapes.batch_stats, shardings.batch_stats),
-    }
-
-
-# Attention implementations that run as Pallas kernels: XLA's cost analysis sees a custom call
-# without FLOPs, so the tool adds theirs (``kernel_attention_flops``).
-KERNELS = ("splash",)
-
-
-@contextlib.contextmanager
-def kernel_attention_flops(calls: list):
-    """While the step is traced, appends the training FLOPs of every attention call that runs
-    as a Pallas kernel: forward 2 matmuls of ``B x Lq x Lk x heads x head_dim`` multiply-adds,
-    backward twice that (the kernel's recomputation of the scores not counted). Shapes are the
-    global (unpartitioned) ones."""
-    from ramen_jax.model import attention as attention_lib
-
-    original = attention_lib.attention
-
-    def counted(q, k, v, key_mask, implementation=None):
-        if implementation in KERNELS:
-            batch, queries, heads, head_dim = q.shape
-            calls.append(3 * 4 * batch * queries * k.shape[1] * heads * head_dim)
-        return original(q, k, v, key_mask, implementation)
-
-    attention_lib.attention = counted
-    try:
-        yield
-    finally:
-        attention_lib.attention = original
-
-
-def compile_step(trainer, batch):
-    """The train step for ``batch``'s shapes compiled for the trainer's mesh, the seconds it
-    took, and the global FLOPs of its Pallas attention kernels (``kernel_attention_flops``)."""
-    import jax
-
-    from ramen_jax.training import sharding
-
-    split = sharding.batch_sharding(trainer.mesh, trainer.rules)
-    rep = sharding.replicated(trainer.mesh)
-
-    def spec(sh):
-        return lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh)
-
-    args = batch.batch.map_samples(spec(split))
-    args = args.replace(layout=jax.tree.map(spec(rep), batch.batch.layout))
-    state = jax.eval_shape(trainer.init_state)
-    state = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        state,
-        trainer.state_sharding,
-    )
-    start, kernel_calls = time.perf_counter(), []
-    with kernel_attention_flops(kernel_calls):
-        lowered = trainer.step_fn(batch.dataset).lower(state, args)
-    compiled = lowered.compile()
-    return compiled, time.perf_counter() - start, float(sum(kernel_calls))
-
-
-def peak_bytes(compiled) -> int:
-    """XLA's peak memory of one device for the program (its buffer assignment's peak where the
-    backend reports it, else arguments + outputs + temporaries - donated aliases)."""
-    analysis = compiled.memory_analysis()
-    peak = int(getattr(analysis, "peak_memory_in_bytes", 0) or 0)
-    if peak:
-        return peak
-    return (
-        analysis.argument_size_in_bytes
-        + analysis.output_size_in_bytes
-        + analysis.temp_size_in_bytes
-        - analysis.alias_size_in_bytes
-    )
-
-
-def roofline(
-    compiled, chip: Chip, tokens_per_step: int, chips: int, kernel_flops: float = 0.0
-) -> dict:
-    """Step time if the step ran at the chip's peak FLOP/s or HBM bandwidth (whichever binds),
-    from XLA's cost analysis of the partitioned (per-device) program, plus an even share of
-    the Pallas kernels' ``kernel_flops`` (global) that the cost analysis cannot see."""
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", 0.0)) + kernel_flops / chips
-    moved = float(cost.get("bytes accessed", 0.0))
-    compute_s, memory_s = flops / chip.peak_bf16_flops, moved / chip.hbm_bytes_per_s
-    step_s = max(compute_s, memory_s)
-    return {
-        "est_step_s": step_s,
-        "tokens_per_s_per_chip": tokens_per_step / step_s / chips,
-        "mfu_bound": compute_s / step_s,
-        "flops": flops,
-        "kernel_flops": kernel_flops / chips,
-        "bytes": moved,
-    }
-
-
-def failure_reason(error: Exception) -> str:
-    """The informative line of a compile failure (XLA's out-of-memory report if there is one)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in lines:
-        if "Ran out of memory" in line or "Exceeded hbm" in line or "Used " in line:
-            return line[:400]
-    return (lines[0] if lines else type(error).__name__)[:400]
-
 
 def dataset_report(trainer, batch, chip: Chip | None, attention: str, chips: int) -> dict:
     tokens, rows = batch.batch.layout.length, batch.batch.batch_size
     entry = {"tokens": tokens, "time_slots": batch.batch.time_slots, "attention": attention}
     empty = dict.fromkeys(("est_step_s", "tokens_per_s_per_chip", "mfu_bound"))
     try:
-        compiled, seconds, kernel_flops = compile_step(trainer, batch)
+        compiled, seconds, kernel_flops = topology_lib.compile_step(trainer, batch, rows)
     except Exception as error:  # e.g. XLA:TPU out of HBM: reported, the others still run
         return {**entry, "peak_gib_per_chip": None, **empty, "compile_s": None,
-                "why": failure_reason(error)}  # fmt: skip
-    entry["peak_gib_per_chip"] = peak_bytes(compiled) / GIB
+                "why": topology_lib.failure_reason(error)}  # fmt: skip
+    entry["peak_gib_per_chip"] = compiled_lib.peak_bytes(compiled) / GIB
     if chip is None:
         return {
             **entry,
@@ -268,7 +94,7 @@ def dataset_report(trainer, batch, chip: Chip | None, attention: str, chips: int
             "compile_s": seconds,
             "why": "no chip constants for this platform",
         }
-    estimate = roofline(compiled, chip, rows * tokens, chips, kernel_flops)
+    estimate = topology_lib.roofline(compiled, chip, rows * tokens, chips, kernel_flops)
     print(
         f"  {batch.dataset:<12} per chip: {estimate['flops'] / 1e12:.2f} TFLOP (of which "
         f"{estimate['kernel_flops'] / 1e12:.2f} in attention kernels), "
@@ -280,16 +106,16 @@ def dataset_report(trainer, batch, chip: Chip | None, attention: str, chips: int
 
 
 def main(argv):
-    del argv
-    platform, count, _ = parse_topology(_TOPOLOGY.value)
+    if len(argv) > 1:
+        sys.exit(cli.report(f"unexpected arguments: {argv[1:]}", cli.USAGE_EXIT_CODE))
+    try:
+        platform, count, _ = topology_lib.parse_topology(_TOPOLOGY.value)
+        keep_only(_CONFIG.value, _DATASETS.value)
+    except ValueError as error:
+        sys.exit(cli.report(error, cli.USAGE_EXIT_CODE))
     slices = _NUM_SLICES.value
-    from ramen_jax.model import attention
-    from ramen_jax.training import run_length, sharding
-    from ramen_jax.training.trainer import Trainer
-
-    devices, why_not = target_devices(_TOPOLOGY.value, slices)
+    devices, why_not = topology_lib.target_devices(_TOPOLOGY.value, slices)
     config = _CONFIG.value
-    keep_only(config, _DATASETS.value)
     with config.unlocked():
         config.mesh.dcn_data = slices
         # The target's attention, not this host's (an explicit --config.model.attention_impl wins).
@@ -302,7 +128,7 @@ def main(argv):
     run_length.for_compiling_only(config)
     trainer = Trainer(config, "/tmp/unused", mesh=mesh, platform=platform)
     chips = count * slices
-    chip = CHIPS.get(devices[0].device_kind) if devices is not None else None
+    chip = topology_lib.CHIPS.get(devices[0].device_kind) if devices is not None else None
     print(
         f"topology {_TOPOLOGY.value} x {slices} slice(s): {chips} devices"
         f"{f' ({devices[0].device_kind})' if devices is not None else ''}, mesh "
@@ -310,7 +136,7 @@ def main(argv):
         f"{trainer.model_config.depth}, attention {config.model.attention_impl}, "
         f"compute {config.model.dtype}"
     )
-    state = state_bytes_per_device(trainer)
+    state = topology_lib.state_bytes_per_device(trainer)
     for key, value in state.items():
         print(f"  {key:<12} {value / GIB:8.3f} GiB per device")
     print(f"  {'state total':<12} {sum(state.values()) / GIB:8.3f} GiB per device")
@@ -341,9 +167,7 @@ def main(argv):
         print(json.dumps(result))
         return
     every = _ALL_SHAPES.value
-    from ramen_jax.training.precompile import largest_step_shapes
-
-    batches = largest_step_shapes(
+    batches = precompile.largest_step_shapes(
         trainer.datasets,
         trainer.model_config.mask_ratio,
         0 if every else _BUCKETS.value,
@@ -378,9 +202,7 @@ def keep_only(config, names: list[str]) -> None:
     known = list(config.data.datasets)
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise app.UsageError(
-            f"--datasets {','.join(unknown)}: not in the config ({', '.join(known)})"
-        )
+        raise ValueError(f"--datasets {','.join(unknown)}: not in the config ({', '.join(known)})")
     with config.unlocked():
         for name in known:
             if name not in names:
@@ -415,4 +237,4 @@ if __name__ == "__main__":
             os.environ.setdefault(
                 "XLA_FLAGS", f"--xla_force_host_platform_device_count={n * slices}"
             )
-    app.run(main)
+    app.run(main, flags_parser=lambda argv: cli.parse_absl_flags(argv, _CONFIG))

@@ -1,30 +1,6 @@
-r"""Input-pipeline benchmark: how fast, how padded, how many batch shapes.
-
-  python -m ramen_jax.data.bench --config configs/base.py --batches 2000 \
-      [--workdir DIR] [--num-workers K]
-
-Owns measuring the real pipeline (``pipeline.build_datasets`` -> ``StepBatches`` ->
-``make_iterator``) in one process, with the global batch = the per-device batch (one batch
-shard): batches/s, samples/s, the token padding fraction, the number of distinct batch shapes
-(``pipeline.signature``, what XLA compiles for) overall and per dataset, and the steps each
-dataset drew. Progress goes to stderr; stdout gets one line per dataset saying which data it
-reads, a table, and as its last line one JSON object (``batches``, ``seconds``,
-``batches_per_s``, ``samples_per_s``, ``padding_fraction``, ``series_padding_fraction``,
-``distinct_shapes``, ``num_workers``, ``peak_rss_mb``, ``per_dataset``, and per dataset
-``dataset_step_share``, the share of the measured steps it drew, beside
-``expected_step_share``, the share the mixing rule gives it in the long run: its full batches
-per epoch over the epoch's steps with ``data.mixing="epoch"``, its weight with ``"weights"``;
-``time_steps``: ``dataset/modality`` -> min, median, max valid dates per sample of every time
-series; ``time_padding_fraction``: padded date slots over all date slots of the series, and
-``time_bucket_padding_fraction`` the part of them past the batch's longest series, the cost of
-time buckets over the original's padding to the batch's longest; per dataset the same and its
-``time_buckets``).
-
-Data: a ``records`` dataset whose ``source.path`` exists is read as it is. Where the path is
-absent the bench says so and runs on a synthetic stand-in written in the dataset's published
-layout by ``data_prep.standins`` and converted by its own ``data_prep`` converter, cached under
-``--workdir`` and reused by later runs; a dataset without a stand-in stops the run. Nothing is
-ever silently replaced by something else.
+"""The measurements of ``python -m ramen_jax.perf.data_bench``: the real input pipeline drawn
+batch by batch, tallied per dataset (speed, token / series / date padding, distinct batch
+shapes, step shares), and the table and JSON line it prints.
 
 Padding fraction: padded token slots / all token slots over the N batches. A batch of B samples
 whose layout has L token slots, V of them valid (``layout.token_valid``), holds B * L slots
@@ -36,34 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
-import os
 import resource
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
 
-from ramen_jax import cli
 from ramen_jax.batch import HostBatch
-from ramen_jax.data import data_location, pipeline
-
-DEFAULT_WORKDIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "ramen_jax")
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/base.py.")
-_BATCHES = flags.DEFINE_integer("batches", None, "Batches to draw.", lower_bound=1)
-_WORKDIR = flags.DEFINE_string(
-    "workdir",
-    os.fspath(DEFAULT_WORKDIR / "data_bench"),
-    "Cache of the stand-in datasets (written and converted once, reused by later runs).",
-)
-_NUM_WORKERS = flags.DEFINE_integer(
-    "num-workers", 0, "Grain worker processes (0: prepare batches in this process).", lower_bound=0
-)
-
+from ramen_jax.data import pipeline
+from ramen_jax.perf import data_location
 
 BenchError = data_location.MissingDataError  # the bench cannot run on what the config names
 
@@ -134,9 +91,9 @@ def fraction(part: int, whole: int) -> float:
     return part / whole if whole else 0.0
 
 
-def locate_data(config, workdir: Path, say) -> dict[str, DatasetTally]:
-    """Points every dataset of ``config.data`` at what the bench reads, saying which it is."""
-    located = data_location.locate_data(config, workdir, say)
+def locate_data(config, say) -> dict[str, DatasetTally]:
+    """What the bench reads of every dataset of ``config.data``, said out loud."""
+    located = data_location.locate_data(config, say)
     return {name: DatasetTally(kind, where) for name, (kind, where) in located.items()}
 
 
@@ -272,35 +229,15 @@ def progress_printer(batches: int, tallies: dict, stream=sys.stderr):
     return progress
 
 
-def run_bench(config, batches: int, workdir, num_workers: int = 0, out=sys.stdout) -> dict:
-    """Runs the benchmark, prints its report to ``out`` (JSON last) and returns the result.
-
-    Datasets without data are pointed at their stand-ins in ``config`` itself.
-    """
+def run_bench(config, batches: int, num_workers: int = 0, out=sys.stdout) -> dict:
+    """Runs the benchmark, prints its report to ``out`` (JSON last) and returns the result."""
 
     def say(line: str) -> None:
         print(line, file=out, flush=True)
 
-    tallies = locate_data(config, Path(workdir), say)
+    tallies = locate_data(config, say)
     seconds = measure(config, tallies, batches, num_workers, progress_printer(batches, tallies))
     result = report(tallies, batches, seconds, num_workers)
     say(table(result))
     say(json.dumps(result))
     return result
-
-
-def main(argv) -> None:
-    if len(argv) > 1:
-        sys.exit(cli.report(f"unexpected arguments: {argv[1:]}", cli.USAGE_EXIT_CODE))
-    if _CONFIG.value is None or _BATCHES.value is None:
-        sys.exit(cli.report("--config and --batches are required", cli.USAGE_EXIT_CODE))
-    logging.getLogger("data_prep").setLevel(logging.INFO)  # conversion progress of stand-ins
-    logging.getLogger("absl").setLevel(logging.WARNING)  # TFDS logs every chunk twice
-    try:
-        run_bench(_CONFIG.value, _BATCHES.value, _WORKDIR.value, _NUM_WORKERS.value)
-    except BenchError as error:
-        sys.exit(cli.report(error))
-
-
-if __name__ == "__main__":
-    app.run(main, flags_parser=lambda argv: cli.parse_absl_flags(argv, _CONFIG))
