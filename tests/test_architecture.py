@@ -81,3 +81,18 @@ def test_no_code_reads_a_batch_or_layout_field_by_string_key():
     ]
     assert not hits, hits
     assert FIELD_BY_KEY.search('rows = batch["pixels"]["s2"].shape[0]')
+
+
+def test_no_file_points_at_documents_outside_the_repository():
+    outside = ("SPEC" + ".md", "KEYS" + ".md", "../" + "shared")
+    hits = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in sorted(ROOT.rglob("*"))
+        if path.is_file()
+        and path.suffix in {".py", ".md", ".toml", ".txt", ".sh", ""}
+        and ".git" not in path.parts
+        and "fixtures" not in path.parts
+        for name in outside
+        if name in path.read_text(errors="ignore")
+    ]
+    assert not hits, hits
