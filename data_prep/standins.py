@@ -623,11 +623,11 @@ class MissingStandInError(RuntimeError):
     """A records dataset of the config has no data and no stand-in of its name."""
 
 
-def point_at_standins(config, workdir, say) -> list[str]:
+def standin_paths(config, workdir, say) -> dict[str, str]:
     """Writes (once, cached under ``workdir``) the stand-in of every ``records`` dataset of
-    ``config.data`` whose ``source.path`` is absent; returns the ``--config`` overrides that
-    point the config at them. A dataset whose path exists is left as it is."""
-    overrides = []
+    ``config.data`` whose ``source.path`` is absent; returns ``{dataset: converted records}``
+    for them. A dataset whose path exists is left as it is."""
+    paths = {}
     for name, dataset in config.data.datasets.items():
         source = dataset.source
         if source.get("type") != "records":
@@ -647,8 +647,16 @@ def point_at_standins(config, workdir, say) -> list[str]:
             f"layout ({STANDINS[name].layout}), converted with data_prep.{name}, cached in {root}"
         )
         converted = build_standin(name, root, source.get("split", common.TRAIN))
-        overrides.append(f"--config.data.datasets.{name}.source.path={os.fspath(converted)}")
-    return overrides
+        paths[name] = os.fspath(converted)
+    return paths
+
+
+def point_at_standins(config, workdir, say) -> list[str]:
+    """``standin_paths`` as the ``--config`` overrides that point the config at them."""
+    return [
+        f"--config.data.datasets.{name}.source.path={path}"
+        for name, path in standin_paths(config, workdir, say).items()
+    ]
 
 
 FLAGFILE = "standins.flags"

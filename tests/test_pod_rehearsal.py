@@ -22,8 +22,8 @@ from test_multiprocess import free_port
 from test_train import REPO
 
 from configs import base
+from data_prep import standins
 from ramen_jax import storage
-from ramen_jax.data import data_location
 
 STEPS = 6
 # Small enough for two processes on two cores; the step shapes depend on the data config only.
@@ -41,7 +41,8 @@ SMALL_MODEL = {
 def pod_flags(config, data_dir, bucket, cache_dir) -> list[str]:
     """The paper config with stand-in data uploaded to ``bucket``, a small model and one sample
     per device; every host stages the data to its own cache directory."""
-    data_location.locate_data(config, data_dir, lambda line: None)
+    for name, path in standins.standin_paths(config, data_dir, lambda line: None).items():
+        config.data.datasets[name].source.path = path
     flags = [
         f"--config.total_steps={STEPS}",
         "--config.steps_per_epoch=3",
