@@ -20,12 +20,6 @@ from ramen_jax.model.config import ModelConfig
 from ramen_jax.model.mae import RamenMAE
 
 
-def _construct(config: ModelConfig, seed: int, dtype, param_dtype, platform) -> RamenMAE:
-    config = config.for_platform(platform or jax.default_backend())
-    with nnx.use_eager_sharding(False):
-        return RamenMAE(config, rngs=nnx.Rngs(params=seed), dtype=dtype, param_dtype=param_dtype)
-
-
 def build(
     config: ModelConfig,
     *,
@@ -37,14 +31,18 @@ def build(
     """A model with freshly initialised parameters (from ``seed``), unsharded; inside
     ``jax.jit(..., out_shardings=...)`` the parameters are created sharded (training).
     ``dtype``: the compute dtype (None: the parameters')."""
-    return _construct(config, seed, dtype, param_dtype, platform)
+    config = config.for_platform(platform or jax.default_backend())
+    with nnx.use_eager_sharding(False):
+        return RamenMAE(config, rngs=nnx.Rngs(params=seed), dtype=dtype, param_dtype=param_dtype)
 
 
 def abstract(
     config: ModelConfig, *, dtype=None, param_dtype=jnp.float32, platform: str | None = None
 ) -> RamenMAE:
     """Shapes only, no memory: ``nnx.eval_shape`` of ``build``."""
-    return nnx.eval_shape(lambda: _construct(config, 0, dtype, param_dtype, platform))
+    return nnx.eval_shape(
+        lambda: build(config, dtype=dtype, param_dtype=param_dtype, platform=platform)
+    )
 
 
 def model_from_flat(config: ModelConfig, flat: dict, dtype=jnp.float32) -> RamenMAE:

@@ -91,10 +91,8 @@ class TrainingRun:
         self.ckpt = checkpointing.Checkpointer(trainer.workdir, **settings)
         self.best = checkpointing.BestCheckpoints(trainer.workdir, keep_best) if keep_best else None
         self.config_json = run_identity.config_json(config)
-        self.identity = run_identity.identity(
-            self.config_json, {d.name: d.global_batch for d in trainer.datasets}
-        )
         self.global_batch = {d.name: d.global_batch for d in trainer.datasets}
+        self.identity = run_identity.identity(self.config_json, self.global_batch)
         self.state = None
         self.saved_step = None  # the step of the newest checkpoint this run wrote or resumed
         self.pending: list = []  # (step, metrics on device) not yet fetched

@@ -74,7 +74,7 @@ def _state_shardings(param_sh, stats_sh, mesh) -> step_lib.TrainState:
 
 
 class Trainer:
-    """Holds the compiled pieces of a run; ``run()`` is the loop."""
+    """Holds the compiled pieces of a run; ``run()`` runs them (``loop.TrainingRun``)."""
 
     def __init__(self, config, workdir: str, mesh=None, platform: str | None = None):
         """``platform``: of the devices the steps run on; default: the mesh's devices' (an
